@@ -1,0 +1,49 @@
+"""Data sources: Fashion-MNIST, the real-photo pack, image folders and any torchvision-style dataset."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import ImageDataset, SubsetDataset, to_uint8_image
+from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES, MissingDatasetError, fashion_mnist
+from .folder import ImageFolderDataset, WrappedDataset
+from .photos import PhotoPack, imagenet_class_names
+
+DATASETS = ("fashion-mnist", "fashion-mnist:test", "photos", "photos:all")
+
+
+def load_dataset(spec, root=None, download: bool = False, limit: int | None = None) -> ImageDataset:
+    """Resolve a dataset from a name, a folder path, or a torchvision-style dataset object.
+
+    ``"fashion-mnist"`` / ``"fashion-mnist:test"``, ``"photos"`` (foolbox's 20 labelled ImageNet photos),
+    ``"photos:all"`` (plus unlabelled scikit-image/-learn photos), a path to an ImageFolder, or any object with
+    ``__getitem__`` → ``(image, target)``. ``limit`` keeps the first ``limit`` images.
+    """
+    dataset = _resolve(spec, root, download)
+    if limit is not None:
+        if limit <= 0:
+            raise ValueError(f"limit must be positive, got {limit}")
+        dataset = dataset.subset(range(min(limit, len(dataset))))
+    return dataset
+
+
+def _resolve(spec, root, download) -> ImageDataset:
+    if isinstance(spec, ImageDataset):
+        return spec
+    if not isinstance(spec, (str, Path)):
+        return WrappedDataset(spec)
+    text = str(spec)
+    if text in ("fashion-mnist", "fashion-mnist:train"):
+        return fashion_mnist("train", root=root, download=download)
+    if text == "fashion-mnist:test":
+        return fashion_mnist("test", root=root, download=download)
+    if text in ("photos", "photos:all"):
+        return PhotoPack(include_unlabelled=text == "photos:all")
+    if Path(text).is_dir():
+        return ImageFolderDataset(text)
+    raise ValueError(f"unknown dataset {text!r}: use one of {', '.join(DATASETS)} or a path to an image folder "
+                     "(<root>/<class_dir>/<images>)")
+
+
+__all__ = ["ImageDataset", "SubsetDataset", "WrappedDataset", "ImageFolderDataset", "PhotoPack", "fashion_mnist",
+           "load_dataset", "imagenet_class_names", "MissingDatasetError", "FASHION_MNIST_CLASSES", "to_uint8_image",
+           "DATASETS"]
