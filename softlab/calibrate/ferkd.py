@@ -1,0 +1,171 @@
+"""FerKD calibration: hard-region mining on stored region labels, as a lazy vectorised view.
+
+FerKD ("FerKD: Surgical Label Adaptation for Efficient Distillation", Shen, ICCV 2023) sorts the random crops of
+an image by y_s, the teacher's probability of the ground-truth class on the crop. With T_L <= T_M <= T_T and ε:
+
+- y_s < T_L  → ``discarded_hard`` (extreme hard negative, e.g. pure background): never trained on;
+- T_L <= y_s < T_M → ``hard`` (hard region / context): label = softened hard label, 1 − ε on the ground-truth
+  class and ε / (C − 1) on each other class;
+- T_M <= y_s <= T_T → ``important``: the teacher's stored soft label is kept;
+- y_s > T_T  → ``discarded_easy`` (trivially easy): never trained on.
+
+Thresholds are absolute probabilities (``mode="absolute"``) or per-image quantile levels of y_s
+(``mode="quantile"``: T = quantile of that image's y_s at the given level). The paper's exact values are not
+public. The store is never rewritten: a :class:`CalibratedStore` computes categories on demand, in one
+vectorised pass over the ``y_s`` array, so a slider can recompute them in milliseconds.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+
+from ..labels.store import LabelStore
+
+CATEGORIES = ("discarded_hard", "hard", "important", "discarded_easy")
+DISCARDED_HARD, HARD, IMPORTANT, DISCARDED_EASY = range(4)
+MODES = ("absolute", "quantile")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A FerKD calibration setting: thresholds ``t_low <= t_mid <= t_top`` in [0, 1] and smoothing ε in [0, 1)."""
+
+    t_low: float = 0.05
+    t_mid: float = 0.3
+    t_top: float = 1.0
+    epsilon: float = 0.1
+    mode: str = "absolute"
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"calibration mode must be 'absolute' or 'quantile', not {self.mode!r}")
+        for name in ("t_low", "t_mid", "t_top"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or math.isnan(value) or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a number in [0, 1] (a probability or a quantile level), got {value!r}")
+        if not self.t_low <= self.t_mid <= self.t_top:
+            raise ValueError(f"thresholds must satisfy t_low <= t_mid <= t_top, got t_low={self.t_low}, "
+                             f"t_mid={self.t_mid}, t_top={self.t_top}")
+        if not isinstance(self.epsilon, (int, float)) or math.isnan(self.epsilon) or not 0 <= self.epsilon < 1:
+            raise ValueError(f"epsilon must lie in [0, 1), got {self.epsilon!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Calibration":
+        return cls(**data)
+
+    def replace(self, **changes) -> "Calibration":
+        return replace(self, **changes)
+
+
+def thresholds_per_image(y_s: np.ndarray, calibration: Calibration) -> np.ndarray:
+    """float ``[N, 3]``: (T_L, T_M, T_T) for every image (the same row repeated in absolute mode)."""
+    levels = np.array([calibration.t_low, calibration.t_mid, calibration.t_top])
+    if calibration.mode == "absolute":
+        return np.broadcast_to(levels, (y_s.shape[0], 3))
+    return np.quantile(y_s, levels, axis=1).T
+
+
+def categorise(y_s: np.ndarray, calibration: Calibration) -> np.ndarray:
+    """int8 ``[N, n]`` category of every crop (indices into :data:`CATEGORIES`), vectorised.
+
+    Raises when an image has no ground-truth label (y_s is NaN): FerKD needs one.
+    """
+    y_s = np.asarray(y_s, dtype=np.float32)
+    missing = np.isnan(y_s).any(axis=1)
+    if missing.any():
+        raise ValueError(f"{int(missing.sum())} images have no ground-truth label (first: image "
+                         f"{int(np.argmax(missing))}); FerKD calibration needs labelled images")
+    t = thresholds_per_image(y_s, calibration).astype(np.float32)
+    low, mid, top = t[:, :1], t[:, 1:2], t[:, 2:3]
+    categories = np.full(y_s.shape, IMPORTANT, dtype=np.int8)
+    categories[y_s < mid] = HARD
+    categories[y_s < low] = DISCARDED_HARD
+    categories[y_s > top] = DISCARDED_EASY
+    return categories
+
+
+def softened_hard_labels(targets: torch.Tensor, num_classes: int, epsilon: float) -> torch.Tensor:
+    """1 − ε on the ground-truth class, ε / (C − 1) on every other class."""
+    labels = torch.full((len(targets), num_classes), epsilon / (num_classes - 1))
+    return labels.scatter_(1, targets.long().view(-1, 1), 1.0 - epsilon)
+
+
+class CalibratedStore:
+    """A FerKD view of a :class:`LabelStore`: categories, kept crops, calibrated labels and statistics."""
+
+    def __init__(self, store: LabelStore, calibration: Calibration | None = None):
+        self.store = store
+        self.calibration = calibration or Calibration()
+        self._categories = None
+
+    def with_calibration(self, calibration: Calibration) -> "CalibratedStore":
+        return CalibratedStore(self.store, calibration)
+
+    @property
+    def categories(self) -> np.ndarray:
+        if self._categories is None:
+            self._categories = categorise(self.store.y_s, self.calibration)
+        return self._categories
+
+    @property
+    def kept(self) -> np.ndarray:
+        """bool ``[N, n]``: crops that training may draw (hard or important)."""
+        return (self.categories == HARD) | (self.categories == IMPORTANT)
+
+    def thresholds(self) -> np.ndarray:
+        return thresholds_per_image(np.asarray(self.store.y_s, dtype=np.float32), self.calibration)
+
+    def kept_crops(self, image: int) -> np.ndarray:
+        return np.flatnonzero(self.kept[image])
+
+    def labels(self, image_idx, crop_idx) -> torch.Tensor:
+        """Calibrated dense labels ``[B, C]``; asking for a discarded crop is an error."""
+        image_idx, crop_idx = (a.ravel() for a in np.broadcast_arrays(np.asarray(image_idx), np.asarray(crop_idx)))
+        category = self.categories[image_idx, crop_idx]
+        discarded = (category == DISCARDED_HARD) | (category == DISCARDED_EASY)
+        if discarded.any():
+            at = int(np.argmax(discarded))
+            raise ValueError(f"crop {int(crop_idx[at])} of image {int(image_idx[at])} is discarded by this "
+                             f"calibration ({CATEGORIES[category[at]]}); draw crops from kept_crops()")
+        labels = self.store.labels(image_idx, crop_idx)
+        hard = torch.from_numpy(category == HARD)
+        if hard.any():
+            targets = torch.from_numpy(np.asarray(self.store.targets)[image_idx[hard.numpy()]])
+            labels[hard] = softened_hard_labels(targets, self.store.num_classes, self.calibration.epsilon)
+        return labels
+
+    def stats(self) -> dict:
+        """Counts and fractions per category, overall and per ground-truth class."""
+        categories = self.categories
+        classes = np.asarray(self.store.targets)
+        per_class = np.zeros((self.store.num_classes, len(CATEGORIES)), dtype=np.int64)
+        np.add.at(per_class, (np.repeat(classes, categories.shape[1]), categories.ravel()), 1)
+        overall = per_class.sum(axis=0)
+        total = int(overall.sum())
+        names = self.store.class_names
+        return {
+            "calibration": self.calibration.to_dict(),
+            "crops": total,
+            "counts": dict(zip(CATEGORIES, overall.tolist())),
+            "fractions": {name: (count / total if total else 0.0) for name, count in zip(CATEGORIES, overall.tolist())},
+            "kept_fraction": float((overall[HARD] + overall[IMPORTANT]) / total) if total else 0.0,
+            "images_without_kept_crops": int((~self.kept.any(axis=1)).sum()),
+            "per_class": {
+                names[c]: {"counts": dict(zip(CATEGORIES, row.tolist())),
+                           "fractions": dict(zip(CATEGORIES, (row / max(row.sum(), 1)).tolist()))}
+                for c, row in enumerate(per_class) if row.sum()
+            },
+        }
+
+
+def calibrate(store: LabelStore, calibration: Calibration | None = None, **settings) -> CalibratedStore:
+    """``calibrate(store, t_low=0.05, t_mid=0.3, t_top=0.99, epsilon=0.1, mode="absolute")`` → a lazy view."""
+    if calibration is not None and settings:
+        raise TypeError("pass either a Calibration or keyword settings, not both")
+    return CalibratedStore(store, calibration or Calibration(**settings))
