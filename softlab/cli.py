@@ -1,0 +1,292 @@
+"""The ``softlab`` command line: teachers, region labels, FKD interop and FerKD calibration statistics."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_DATA = "fashion-mnist"
+DEFAULT_TEACHER = "fashion_mnist_cnn"
+
+
+def _add_teacher_commands(sub) -> None:
+    teacher = sub.add_parser("teacher", help="teachers: train the in-project Fashion-MNIST teacher, list, evaluate")
+    commands = teacher.add_subparsers(dest="action", required=True)
+    train = commands.add_parser("train", help="train (or retrain) the Fashion-MNIST teacher and cache it")
+    train.add_argument("--epochs", type=int, default=None, help="training epochs (default: the tuned default)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--limit", type=int, default=None, help="train on the first N images only (quick checks)")
+    train.add_argument("--root", default=None, help="folder holding the Fashion-MNIST IDX files")
+    train.add_argument("--cache-dir", default=None, help="where to cache the teacher (default $SOFTLAB_HOME/teachers)")
+    train.set_defaults(func=cmd_teacher_train)
+    listing = commands.add_parser("list", help="list registered teacher names and spec forms")
+    listing.set_defaults(func=cmd_teacher_list)
+    evaluate = commands.add_parser("eval", help="top-1 accuracy of a teacher on a data set (whole images)")
+    evaluate.add_argument("spec")
+    evaluate.add_argument("--data", default="fashion-mnist:test")
+    evaluate.add_argument("--teacher-weights", default=None)
+    evaluate.add_argument("--limit", type=int, default=None)
+    evaluate.set_defaults(func=cmd_teacher_eval)
+
+
+def _add_label_commands(sub) -> None:
+    labels = sub.add_parser("labels", help="region soft labels: generate, inspect, import/export FKD format")
+    commands = labels.add_subparsers(dest="action", required=True)
+    gen = commands.add_parser("generate", help="generate (or resume) a region soft-label store")
+    gen.add_argument("--data", default=DEFAULT_DATA, help="fashion-mnist, photos, photos:all or an image folder")
+    gen.add_argument("--root", default=None, help="data root (Fashion-MNIST IDX folder)")
+    gen.add_argument("--download", action="store_true", help="download the data set when online")
+    gen.add_argument("--limit", type=int, default=None, help="first N images only")
+    gen.add_argument("--teacher", default=DEFAULT_TEACHER, help="teacher spec (see `softlab teacher list`)")
+    gen.add_argument("--teacher-weights", default=None, help="local weights file for a timm:/torchvision: teacher")
+    gen.add_argument("--out", required=True, help="store folder; rerun the same command to resume")
+    gen.add_argument("--crops", type=int, default=None, help="crops per image (default: the data set's)")
+    gen.add_argument("--label-type", default="marginal_smoothing_k5")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--scale", type=float, nargs=2, default=(0.08, 0.936), metavar=("MIN", "MAX"))
+    gen.add_argument("--ratio", type=float, nargs=2, default=(3 / 4, 4 / 3), metavar=("MIN", "MAX"))
+    gen.add_argument("--flip-p", type=float, default=0.5)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--chunk-size", type=int, default=None, help="images per resumable chunk")
+    gen.add_argument("--batch-size", type=int, default=256, help="crops per teacher forward")
+    gen.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    gen.add_argument("--overwrite", action="store_true", help="replace an existing store with other settings")
+    gen.set_defaults(func=cmd_labels_generate)
+    inspect = commands.add_parser("inspect", help="summarise a store, or show one image's crops")
+    inspect.add_argument("store")
+    inspect.add_argument("--image", type=int, default=None, help="show this image's crops")
+    inspect.add_argument("--crops", type=int, default=10, help="how many crops to show with --image")
+    inspect.add_argument("--verify", action="store_true", help="recompute and check the checksums")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(func=cmd_labels_inspect)
+    imp = commands.add_parser("import-fkd", help="import a folder of FKD .tar soft-label files")
+    imp.add_argument("folder")
+    imp.add_argument("--out", required=True)
+    imp.add_argument("--data", default=None, help="match files to this data set's images (e.g. an image folder)")
+    imp.add_argument("--label-type", default=None, help="e.g. marginal_renorm_k5 (default: from the files)")
+    imp.add_argument("--num-classes", type=int, default=None)
+    imp.set_defaults(func=cmd_labels_import)
+    exp = commands.add_parser("export-fkd", help="export a store as FKD .tar files")
+    exp.add_argument("store")
+    exp.add_argument("folder")
+    exp.add_argument("--fp16", action="store_true", help="coords and labels as float16 (FKD's --use_fp16)")
+    exp.set_defaults(func=cmd_labels_export)
+
+
+def _add_calibrate_command(sub) -> None:
+    cal = sub.add_parser("calibrate", help="FerKD calibration statistics of a store for given thresholds")
+    cal.add_argument("store")
+    cal.add_argument("--t-low", type=float, default=0.05)
+    cal.add_argument("--t-mid", type=float, default=0.3)
+    cal.add_argument("--t-top", type=float, default=1.0)
+    cal.add_argument("--epsilon", type=float, default=0.1)
+    cal.add_argument("--mode", choices=("absolute", "quantile"), default="absolute")
+    cal.add_argument("--per-class", action="store_true", help="also print the table per class")
+    cal.add_argument("--json", action="store_true")
+    cal.set_defaults(func=cmd_calibrate)
+
+
+def _add_demo_command(sub) -> None:
+    demo = sub.add_parser("demo", help="the label pipeline on Fashion-MNIST: teacher → region labels → calibration")
+    demo.add_argument("--out", default="runs/demo", help="output folder")
+    demo.add_argument("--images", type=int, default=2000, help="training images to label")
+    demo.add_argument("--crops", type=int, default=32)
+    demo.add_argument("--small", action="store_true", help="a quick run for tests (200 images, 8 crops)")
+    demo.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="softlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_teacher_commands(sub)
+    _add_label_commands(sub)
+    _add_calibrate_command(sub)
+    _add_demo_command(sub)
+    return parser
+
+
+# ----- teachers
+def cmd_teacher_train(args) -> int:
+    from .teachers.fashion_mnist import train_fashion_mnist_teacher
+
+    kwargs = {"seed": args.seed, "root": args.root, "cache_dir": args.cache_dir, "limit": args.limit}
+    if args.epochs is not None:
+        kwargs["epochs"] = args.epochs
+    path = train_fashion_mnist_teacher(**kwargs)
+    print(f"teacher saved to {path}")
+    return 0
+
+
+def cmd_teacher_list(args) -> int:
+    from .teachers import list_teachers
+
+    print("registered teachers:")
+    for name in list_teachers():
+        print(f"  {name}")
+    print("other forms: timm:<name>, torchvision:<name>, file:<path>@<arch spec>, ensemble:<spec>+<spec>[+...]")
+    return 0
+
+
+def cmd_teacher_eval(args) -> int:
+    from .data import load_dataset
+    from .teachers import create_teacher
+    from .teachers.fashion_mnist import evaluate_classifier
+
+    dataset = load_dataset(args.data, limit=args.limit)
+    teacher = create_teacher(args.spec, weights=args.teacher_weights)
+    accuracy = evaluate_classifier(teacher, dataset)
+    print(f"{teacher.spec} on {dataset.name}: top-1 {accuracy:.4f} ({len(dataset)} images)")
+    return 0
+
+
+# ----- labels
+def cmd_labels_generate(args) -> int:
+    from .data import load_dataset
+    from .data.crops import CropParams
+    from .labels import generate_labels
+    from .teachers import create_teacher
+
+    dataset = load_dataset(args.data, root=args.root, download=args.download, limit=args.limit)
+    teacher = create_teacher(args.teacher, weights=args.teacher_weights)
+    params = CropParams(scale=tuple(args.scale), ratio=tuple(args.ratio), flip_p=args.flip_p)
+    store = generate_labels(dataset, teacher, args.out, num_crops=args.crops, label_type=args.label_type,
+                            temperature=args.temperature, crop_params=params, seed=args.seed,
+                            chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
+                            overwrite=args.overwrite)
+    _print_summary(store.summary())
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    width = max(len(key) for key in summary)
+    for key, value in summary.items():
+        print(f"{key:<{width}}  {value}")
+
+
+def cmd_labels_inspect(args) -> int:
+    from .labels import LabelStore
+
+    store = LabelStore.open(args.store, allow_partial=True)
+    if args.verify:
+        store.verify()
+        print("checksums OK")
+    if args.image is None:
+        summary = store.summary()
+        print(json.dumps(summary, indent=2)) if args.json else _print_summary(summary)
+        return 0
+    if not 0 <= args.image < store.num_images:
+        raise SystemExit(f"error: --image must lie in [0, {store.num_images})")
+    _print_image(store, args.image, args.crops, args.json)
+    return 0
+
+
+def _print_image(store, image: int, count: int, as_json: bool) -> None:
+    coords, flips = store.crops(image)
+    target = int(store.targets[image])
+    crops = np.arange(min(count, store.num_crops))
+    labels = store.labels(np.full_like(crops, image), crops)
+    rows = []
+    for crop in crops:
+        top = labels[crop].topk(min(3, store.num_classes))
+        rows.append({"crop": int(crop), "box": [round(float(v), 4) for v in coords[crop]], "flip": bool(flips[crop]),
+                     "y_s": float(store.y_s[image, crop]), "entropy": float(store.entropy[image, crop]),
+                     "top": [(store.class_names[int(i)], round(float(p), 4)) for p, i in zip(*top)]})
+    if as_json:
+        print(json.dumps({"image": image, "id": store.image_ids[image], "target": target, "crops": rows}, indent=2))
+        return
+    name = store.class_names[target] if target >= 0 else "unlabelled"
+    print(f"image {image} ({store.image_ids[image]}), class {target} {name}, {store.num_crops} crops")
+    print(f"{'crop':>4}  {'i/H':>6} {'j/W':>6} {'h/H':>6} {'w/W':>6} flip  {'y_s':>6} {'H(p)':>5}  top classes")
+    for row in rows:
+        box = " ".join(f"{v:6.3f}" for v in row["box"])
+        top = ", ".join(f"{label} {p:.3f}" for label, p in row["top"])
+        print(f"{row['crop']:>4}  {box} {'yes ' if row['flip'] else 'no  '}  {row['y_s']:6.3f} {row['entropy']:5.2f}  {top}")
+
+
+def cmd_labels_import(args) -> int:
+    from .data import load_dataset
+    from .labels.fkd import import_fkd
+
+    dataset = load_dataset(args.data) if args.data else None
+    store = import_fkd(args.folder, args.out, dataset=dataset, label_type=args.label_type,
+                       num_classes=args.num_classes)
+    _print_summary(store.summary())
+    return 0
+
+
+def cmd_labels_export(args) -> int:
+    from .labels import LabelStore
+    from .labels.fkd import export_fkd
+
+    count = export_fkd(LabelStore.open(args.store), args.folder, fp16=args.fp16)
+    print(f"wrote {count} FKD files under {Path(args.folder) / 'train'}")
+    return 0
+
+
+# ----- calibration
+def cmd_calibrate(args) -> int:
+    from .calibrate import Calibration, calibrate
+    from .labels import LabelStore
+
+    calibration = Calibration(args.t_low, args.t_mid, args.t_top, args.epsilon, args.mode)
+    stats = calibrate(LabelStore.open(args.store), calibration).stats()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print_calibration_table(stats, per_class=args.per_class)
+    return 0
+
+
+def print_calibration_table(stats: dict, per_class: bool = False) -> None:
+    from .calibrate import CATEGORIES
+
+    settings = stats["calibration"]
+    print(f"FerKD calibration ({settings['mode']}): T_L={settings['t_low']} T_M={settings['t_mid']} "
+          f"T_T={settings['t_top']} ε={settings['epsilon']}  over {stats['crops']} crops")
+    header = f"{'':<16}" + "".join(f"{name:>16}" for name in CATEGORIES)
+    print(header)
+    print(f"{'all':<16}" + "".join(f"{stats['counts'][c]:>9} {stats['fractions'][c]:>5.1%}" for c in CATEGORIES))
+    if per_class:
+        for name, row in stats["per_class"].items():
+            print(f"{name[:15]:<16}" + "".join(f"{row['counts'][c]:>9} {row['fractions'][c]:>5.1%}" for c in CATEGORIES))
+    print(f"kept for training: {stats['kept_fraction']:.1%}; images with no kept crop: "
+          f"{stats['images_without_kept_crops']}")
+
+
+# ----- the main job
+def cmd_demo(args) -> int:
+    from .calibrate import Calibration, calibrate
+    from .data import load_dataset
+    from .labels import generate_labels
+    from .teachers import create_teacher
+
+    images, crops = (200, 8) if args.small else (args.images, args.crops)
+    out = Path(args.out)
+    teacher = create_teacher(DEFAULT_TEACHER)
+    print(f"teacher: {teacher.spec} ({teacher.describe().get('accuracy', 'accuracy not recorded')} test top-1)")
+    dataset = load_dataset(DEFAULT_DATA, limit=images)
+    store = generate_labels(dataset, teacher, out / f"labels-{images}x{crops}", num_crops=crops)
+    _print_summary(store.summary())
+    for calibration in (Calibration(0.05, 0.3, 1.0, 0.1), Calibration(0.1, 0.3, 0.95, 0.1, mode="quantile")):
+        print()
+        print_calibration_table(calibrate(store, calibration).stats())
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
