@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image
 
 from .base import ImageDataset, to_uint8_image
 from .fashion_mnist import MissingDatasetError
@@ -61,7 +61,8 @@ class PhotoPack(ImageDataset):
     def load_image(self, index: int) -> tv_tensors.Image:
         kind, what = self.sources[index]
         if kind == "file":
-            return tv_tensors.Image(decode_image(what, mode=ImageReadMode.RGB))
+            with Image.open(what) as photo:
+                return to_uint8_image(photo.convert("RGB"))
         if kind == "skimage":
             import skimage.data
 
