@@ -1,4 +1,4 @@
-"""The ``softlab`` command line: teachers, region labels, FKD interop and FerKD calibration statistics."""
+"""The ``softlab`` command line: teachers, region labels, FKD interop, FerKD calibration, training and the demo."""
 from __future__ import annotations
 
 import argparse
@@ -89,22 +89,15 @@ def _add_calibrate_command(sub) -> None:
     cal.set_defaults(func=cmd_calibrate)
 
 
-def _add_demo_command(sub) -> None:
-    demo = sub.add_parser("demo", help="the label pipeline on Fashion-MNIST: teacher → region labels → calibration")
-    demo.add_argument("--out", default="runs/demo", help="output folder")
-    demo.add_argument("--images", type=int, default=2000, help="training images to label")
-    demo.add_argument("--crops", type=int, default=32)
-    demo.add_argument("--small", action="store_true", help="a quick run for tests (200 images, 8 crops)")
-    demo.set_defaults(func=cmd_demo)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="softlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_teacher_commands(sub)
     _add_label_commands(sub)
     _add_calibrate_command(sub)
-    _add_demo_command(sub)
+    from .train.commands import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -254,26 +247,6 @@ def print_calibration_table(stats: dict, per_class: bool = False) -> None:
             print(f"{name[:15]:<16}" + "".join(f"{row['counts'][c]:>9} {row['fractions'][c]:>5.1%}" for c in CATEGORIES))
     print(f"kept for training: {stats['kept_fraction']:.1%}; images with no kept crop: "
           f"{stats['images_without_kept_crops']}")
-
-
-# ----- the main job
-def cmd_demo(args) -> int:
-    from .calibrate import Calibration, calibrate
-    from .data import load_dataset
-    from .labels import generate_labels
-    from .teachers import create_teacher
-
-    images, crops = (200, 8) if args.small else (args.images, args.crops)
-    out = Path(args.out)
-    teacher = create_teacher(DEFAULT_TEACHER)
-    print(f"teacher: {teacher.spec} ({teacher.describe().get('accuracy', 'accuracy not recorded')} test top-1)")
-    dataset = load_dataset(DEFAULT_DATA, limit=images)
-    store = generate_labels(dataset, teacher, out / f"labels-{images}x{crops}", num_crops=crops)
-    _print_summary(store.summary())
-    for calibration in (Calibration(0.05, 0.3, 1.0, 0.1), Calibration(0.1, 0.3, 0.95, 0.1, mode="quantile")):
-        print()
-        print_calibration_table(calibrate(store, calibration).stats())
-    return 0
 
 
 def main(argv=None) -> int:

@@ -126,7 +126,7 @@ def cut_crops(image: torch.Tensor, coords, flips, size, interpolation: str = "bi
         F.resized_crop(source, int(i), int(j), int(h), int(w), size, interpolation=mode, antialias=True)
         for i, j, h, w in pixel_boxes(coords, height, width)
     ])
-    flips = torch.as_tensor(np.asarray(flips, dtype=bool), device=crops.device)
+    flips = torch.tensor(np.asarray(flips, dtype=bool), device=crops.device)
     if flips.any():
         crops[flips] = F.horizontal_flip(crops[flips])
     return crops.clamp_(0, 1)

@@ -1,0 +1,55 @@
+"""End to end on real data with a real pretrained teacher (EfficientNet-Lite0, offline weights package)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from softlab.calibrate import calibrate
+from softlab.cli import main
+from softlab.data import load_dataset
+from softlab.data.crops import cut_crops
+from softlab.labels import LabelStore
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def photo_store(tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e") / "photos"
+    code = main(["labels", "generate", "--data", "photos", "--limit", "3", "--teacher", "efficientnet_lite0",
+                 "--crops", "12", "--label-type", "marginal_smoothing_k5", "--chunk-size", "2", "--out", str(out)])
+    assert code == 0
+    return LabelStore.open(out)
+
+
+def test_real_teacher_store_is_complete_and_consistent(photo_store):
+    photo_store.verify()
+    manifest = photo_store.manifest
+    assert manifest["teacher"]["spec"] == "efficientnet_lite0" and manifest["teacher"]["input_size"] == [3, 224, 224]
+    assert manifest["generation"]["crops_per_s"] > 0
+    assert photo_store.num_classes == 1000 and photo_store.topk_idx.shape == (3, 12, 5)
+    labels = photo_store.labels(np.repeat(np.arange(3), 12), np.tile(np.arange(12), 3))
+    torch.testing.assert_close(labels.sum(1), torch.ones(36), atol=2e-3, rtol=0)
+
+
+def test_stored_labels_equal_a_direct_teacher_pass(photo_store):
+    from softlab.teachers import create_teacher
+
+    teacher = create_teacher("efficientnet_lite0")
+    image, target = load_dataset("photos")[1]
+    coords, flips = photo_store.crops(1)
+    with torch.no_grad():
+        probs = torch.softmax(teacher(cut_crops(image, coords, flips, (224, 224))), dim=1)
+    # coords were stored as fp16; the boxes they round to are the sampled ones, so the crops are identical
+    np.testing.assert_allclose(photo_store.y_s[1], probs[:, target].numpy(), rtol=1e-4, atol=1e-5)
+    assert (photo_store.topk_idx[1, :, 0] == probs.argmax(1).numpy()).all()
+
+
+def test_whole_image_crops_are_mostly_right_and_calibration_runs(photo_store, capsys):
+    # the lite0 teacher recognises these photos: the median crop gives the true class a large share
+    assert float(np.median(photo_store.y_s)) > 0.3
+    stats = calibrate(photo_store, t_low=0.05, t_mid=0.3, t_top=0.99).stats()
+    assert sum(stats["counts"].values()) == 36
+    assert main(["calibrate", str(photo_store.path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["crops"] == 36
