@@ -1,0 +1,61 @@
+"""Evaluation metrics against hand-computed values, and evaluating a model on a data set."""
+import math
+
+import pytest
+import torch
+
+from softlab.evaluate import (EvalImages, classification_metrics, evaluate, negative_log_likelihood,
+                              per_class_accuracy, reliability, topk_accuracy)
+from tiny import LinearTeacher, NoiseImages
+
+LN = math.log
+
+
+def test_topk_accuracy():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 3.0], [0.0, 3.0, 1.0, 2.0]])
+    targets = torch.tensor([0, 2, 0])
+    assert topk_accuracy(logits, targets, ks=(1, 2)) == {"top1": pytest.approx(1 / 3), "top2": pytest.approx(2 / 3)}
+    assert topk_accuracy(logits, targets, ks=(1, 5))["top5"] == 1.0  # k capped at C
+
+
+def test_nll():
+    logits = torch.tensor([[0.0, LN(3)], [0.0, 0.0]])
+    assert negative_log_likelihood(logits, torch.tensor([1, 0])) == pytest.approx((-LN(0.75) + LN(2)) / 2)
+
+
+def test_ece_and_reliability_bins_by_hand():
+    # confidences 0.75 (correct), 0.75 (wrong), 0.85 (correct), 0.5 (correct: ties → class 0)
+    logits = torch.tensor([[0.0, LN(3)], [0.0, LN(3)], [LN(17 / 3), 0.0], [0.0, 0.0]])
+    targets = torch.tensor([1, 0, 0, 0])
+    data = reliability(logits, targets, bins=10)
+    # bins (0.7, 0.8]: 2 samples, acc 0.5, conf 0.75; (0.8, 0.9]: 1, acc 1, conf 0.85; (0.4, 0.5]: 1, acc 1, conf 0.5
+    assert data["bin_count"] == [0, 0, 0, 0, 1, 0, 0, 2, 1, 0]
+    assert data["bin_accuracy"][7] == pytest.approx(0.5) and data["bin_confidence"][7] == pytest.approx(0.75)
+    expected = (2 / 4) * 0.25 + (1 / 4) * 0.15 + (1 / 4) * 0.5
+    assert data["ece"] == pytest.approx(expected)
+    assert data["bin_confidence"][0] == pytest.approx(0.05) and data["bin_accuracy"][0] == 0.0  # empty bin
+
+
+def test_fifteen_bins_by_default_and_perfect_calibration():
+    data = reliability(torch.tensor([[0.0, 0.0], [0.0, 0.0]]), torch.tensor([0, 1]))
+    assert len(data["bin_count"]) == 15 and len(data["bin_edges"]) == 16
+    assert data["ece"] == pytest.approx(0.0)  # confidence 0.5, accuracy 0.5
+
+
+def test_per_class_accuracy_and_agreement():
+    predicted, targets = torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2])
+    assert per_class_accuracy(predicted, targets, 4) == [1.0, 1.0, 0.5, None]
+    logits = torch.nn.functional.one_hot(predicted, 4).float()
+    out = classification_metrics(logits, targets, reference=torch.tensor([0, 1, 2, 0]), class_names="abcd")
+    assert out["agreement"] == 0.5 and out["per_class_accuracy"] == {"a": 1.0, "b": 1.0, "c": 0.5, "d": None}
+    assert out["top1"] == 0.75 and out["count"] == 4
+
+
+def test_evaluate_a_teacher_and_agreement_with_itself():
+    data = NoiseImages(count=20)
+    teacher = LinearTeacher()
+    images = EvalImages(data, teacher.input_size[1:])
+    assert images.images.shape == (20, 1, 12, 12) and images.images.dtype == torch.uint8
+    result = evaluate(teacher, images, reference=teacher)
+    assert result["agreement"] == 1.0 and 0 <= result["top1"] <= 1 and result["count"] == 20
+    assert set(result["reliability"]) == {"bin_edges", "bin_confidence", "bin_accuracy", "bin_count"}
