@@ -40,7 +40,7 @@ class RunResult:
     history: list[dict]               # metrics.jsonl lines
     final: dict | None                # eval.json (None when stopped early)
     checkpoint: str | None
-    seconds: float                    # training + evaluation wall time, over all sessions of the run
+    seconds: float                    # training + evaluation wall time, summed over resumes of the run
     teacher_forwards: int
     extra: dict = field(default_factory=dict)
 
