@@ -103,6 +103,7 @@ class CalibratedStore:
         self.store = store
         self.calibration = calibration or Calibration()
         self._categories = None
+        self._kept = None
 
     def with_calibration(self, calibration: Calibration) -> "CalibratedStore":
         return CalibratedStore(self.store, calibration)
@@ -116,7 +117,9 @@ class CalibratedStore:
     @property
     def kept(self) -> np.ndarray:
         """bool ``[N, n]``: crops that training may draw (hard or important)."""
-        return (self.categories == HARD) | (self.categories == IMPORTANT)
+        if self._kept is None:
+            self._kept = (self.categories == HARD) | (self.categories == IMPORTANT)
+        return self._kept
 
     def thresholds(self) -> np.ndarray:
         return thresholds_per_image(np.asarray(self.store.y_s, dtype=np.float32), self.calibration)

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..teachers.base import match_channels, to_float_images
+from ..teachers.base import fit_stats, match_channels, to_float_images
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 
@@ -33,13 +33,10 @@ def resnet10t_narrow(num_classes: int, in_chans: int, channels=(16, 32, 64, 128)
                      maxpool: bool = False, **kwargs) -> nn.Module:
     """timm ``resnet10t`` at a quarter of its width (16/32/64/128, 0.3 M parameters): the Fashion-MNIST teacher's
     slimmer sibling. Without the stem max-pool it keeps 14×14 features from a 28×28 input."""
-    import timm
+    from ..teachers.fashion_mnist import build_model
 
-    model = timm.create_model("resnet10t", pretrained=False, num_classes=num_classes, in_chans=in_chans,
-                              channels=list(channels), stem_width=stem_width, **kwargs)
-    if not maxpool:
-        model.maxpool = nn.Identity()
-    return model
+    return build_model(num_classes, in_chans, "resnet10t", maxpool, channels=list(channels), stem_width=stem_width,
+                       **kwargs)
 
 
 @register_student("tiny_cnn")
@@ -130,18 +127,9 @@ def create_student(spec, num_classes: int, input_size, mean=(0.5,), std=(0.5,), 
     else:
         in_chans = _torchvision_channels(spec) or channels
         model, spec_name = build_network(spec, num_classes, in_chans, **kwargs), spec
-    mean, std = _per_channel(mean, in_chans), _per_channel(std, in_chans)
+    mean, std = fit_stats(mean, in_chans), fit_stats(std, in_chans)
     return Student(model, num_classes=num_classes, input_size=(in_chans, *input_size[1:]), mean=mean, std=std,
                    spec=spec_name, kwargs=kwargs)
-
-
-def _per_channel(values, channels: int) -> tuple[float, ...]:
-    values = tuple(float(v) for v in values)
-    if len(values) == channels:
-        return values
-    if len(values) == 1:
-        return values * channels
-    return (sum(values) / len(values),) * channels
 
 
 def load_student(path, map_location="cpu") -> Student:
