@@ -11,14 +11,20 @@ from .events import (Broadcaster, EndEvent, EpochEvent, ErrorEvent, EventQueue, 
                      to_dict)
 from .loader import Batch, MultiCropLoader, RandomCrops, StoredCrops, cut_crops_grid
 from .mixing import Mixing, mix, mix_targets, plan_mix
+from .preview import CropPreview, MixedPreview, preview_crops, preview_mixed
 from .progress import TqdmProgress
 from .recipes import Distiller, create_recipe, describe_recipe, get_recipe, list_recipes, register_recipe
 from .run import RunHandle, start_run, train
+from .runs import RunSummary, list_runs, load_history, next_run_name, read_run, run_histories
+from .tracker import ProgressTracker, format_duration
 from .students import Student, create_student, list_students, load_student, register_student
 
 __all__ = ["TrainConfig", "DEMO_CALIBRATION", "DEMO_MODES", "DemoSettings", "run_compare", "run_demo", "RunResult", "Trainer", "metrics_without_timing", "Broadcaster", "EndEvent", "EpochEvent",
            "ErrorEvent", "EventQueue", "RunControl", "StartEvent", "StepEvent", "to_dict", "Batch", "MultiCropLoader",
            "RandomCrops", "StoredCrops", "cut_crops_grid", "Mixing", "mix", "mix_targets", "plan_mix", "TqdmProgress",
+           "CropPreview", "MixedPreview", "preview_crops", "preview_mixed",
            "Distiller", "create_recipe", "describe_recipe", "get_recipe", "list_recipes", "register_recipe",
-           "RunHandle", "start_run", "train", "Student", "create_student", "list_students", "load_student",
+           "RunHandle", "start_run", "train", "RunSummary", "list_runs", "load_history", "next_run_name",
+           "read_run", "run_histories", "ProgressTracker", "format_duration",
+           "Student", "create_student", "list_students", "load_student",
            "register_student"]
