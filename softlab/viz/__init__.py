@@ -15,6 +15,9 @@ from .attributions import (ATTRIBUTION_METHODS, attribution_figure, attribution_
                            grad_cam, integrated_gradients, last_feature_layer, occlusion, teacher_crop)
 from .training import accuracy_curves, comparison_bars, expected_calibration_error, reliability_diagram
 from .report import report_html, write_report
+from .augment import crop_preview_figure, mixed_preview_figure
+from .teachers import teacher_predictions_figure
+from .shares import category_share_figure, category_shares
 
 __all__ = [
     "CATEGORY_COLORS", "CATEGORY_LABELS", "category_color", "category_colorscale", "category_legend",
@@ -26,5 +29,6 @@ __all__ = [
     "ATTRIBUTION_METHODS", "attribution_figure", "attribution_maps", "crop_attribution_figure", "grad_cam",
     "integrated_gradients", "last_feature_layer", "occlusion", "teacher_crop",
     "accuracy_curves", "reliability_diagram", "comparison_bars", "expected_calibration_error",
-    "report_html", "write_report",
+    "crop_preview_figure", "mixed_preview_figure",
+    "report_html", "write_report", "teacher_predictions_figure", "category_share_figure", "category_shares",
 ]

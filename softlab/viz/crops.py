@@ -43,14 +43,22 @@ def crop_hover_text(store: LabelStore, index: int, crops, top: int = 3) -> list[
     ]
 
 
-def category_box_trace(boxes, hover, category: str, count: int) -> dict:
-    """All boxes of one category as a single closed-outline scatter trace (legend: name and count)."""
+def category_box_trace(boxes, hover, category: str, count: int, crops=None) -> dict:
+    """All boxes of one category as a single closed-outline scatter trace (legend: name and count).
+
+    With ``crops`` (the crop index of each box), every point carries its crop index as ``customdata``, so a
+    click on an outline tells which crop it belongs to.
+    """
     x, y = box_outlines(boxes) if len(boxes) else (np.array([np.nan]), np.array([np.nan]))
     hover = hover if len(boxes) else [""]
-    return dict(type="scatter", x=x, y=y, mode="lines", name=category_legend(category, count), legendgroup=category,
-                line=dict(color=CATEGORY_COLORS[category], width=1.2), opacity=0.85,
-                text=np.repeat(np.asarray(hover, dtype=str), _POINTS_PER_BOX if len(boxes) else 1),
-                hovertemplate="%{text}<extra>" + category_legend(category) + "</extra>")
+    points = _POINTS_PER_BOX if len(boxes) else 1
+    trace = dict(type="scatter", x=x, y=y, mode="lines", name=category_legend(category, count), legendgroup=category,
+                 line=dict(color=CATEGORY_COLORS[category], width=1.2), opacity=0.85,
+                 text=np.repeat(np.asarray(hover, dtype=str), points),
+                 hovertemplate="%{text}<extra>" + category_legend(category) + "</extra>")
+    if crops is not None:
+        trace["customdata"] = np.repeat(np.asarray(crops, dtype=np.int64), points) if len(boxes) else [-1]
+    return trace
 
 
 def crop_boxes_figure(image, store: LabelStore, index: int, calibration=None, crops=None, max_boxes: int | None = 50,
@@ -76,7 +84,7 @@ def crop_boxes_figure(image, store: LabelStore, index: int, calibration=None, cr
     traces = [image_trace(image)]
     for code, category in enumerate(CATEGORIES):
         pick = categories[shown] == code
-        traces.append(category_box_trace(boxes[shown[pick]], hover[pick], category, counts[category]))
+        traces.append(category_box_trace(boxes[shown[pick]], hover[pick], category, counts[category], shown[pick]))
     layout = dict(**image_axes(height, width), title=title or image_title(store, index), hovermode="closest",
                   legend=dict(title="FerKD category"), margin=dict(l=10, r=10, t=50, b=10), height=IMAGE_FIGURE_HEIGHT)
     return go.Figure(data=traces, layout=layout)
@@ -111,7 +119,7 @@ def crop_grid_figure(image, store: LabelStore, index: int, calibration=None, cro
     """A grid of crops as the student sees them, each titled with its category, y_s and top class.
 
     ``crops`` picks the crops (default: ``count`` crops spread over the y_s range, lowest first); each tile has a
-    border in its category's colour.
+    border in its category's colour, and its image trace's ``meta`` is its crop index.
     """
     y_s = image_y_s(store, index)
     crops = spread_by_y_s(y_s, count) if crops is None else np.asarray(crops, dtype=np.int64)
@@ -124,7 +132,7 @@ def crop_grid_figure(image, store: LabelStore, index: int, calibration=None, cro
                            vertical_spacing=0.12 / rows)
     for tile, (pixels, category) in enumerate(zip(crop_pixels(image, store, index, crops, size), categories)):
         row, col = tile // columns + 1, tile % columns + 1
-        figure.add_trace(image_trace(pixels, name=f"crop {crops[tile]}"), row=row, col=col)
+        figure.add_trace(dict(image_trace(pixels, name=f"crop {crops[tile]}"), meta=int(crops[tile])), row=row, col=col)
         style_subplot_image_axes(figure, size, size, row=row, col=col)
         figure.add_shape(type="rect", x0=0, y0=0, x1=size, y1=size, row=row, col=col,
                          line=dict(color=CATEGORY_COLORS[CATEGORIES[category]], width=4))

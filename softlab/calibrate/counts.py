@@ -1,0 +1,83 @@
+"""Store-wide FerKD category counts for any calibration, fast enough to follow a slider.
+
+:class:`CategoryCounter` sorts every image's y_s once. A count then needs no per-crop category array: with
+thresholds (T_L, T_M, T_T) per image, ``#{y < T_L}``, ``#{y < T_M}`` and ``#{y <= T_T}`` per image give the four
+categories by differences, and per-image quantile thresholds are read off the sorted rows by the same linear
+interpolation ``numpy.quantile`` uses — so the result equals :func:`~softlab.calibrate.categorise` exactly, in a
+few milliseconds for 60k images × 32 crops instead of tens.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .ferkd import CATEGORIES, Calibration, HARD, IMPORTANT
+
+
+def sorted_row_quantiles(sorted_rows: np.ndarray, levels) -> np.ndarray:
+    """float64 ``[N, len(levels)]``: ``np.quantile(rows, levels, axis=1).T`` for rows already sorted ascending.
+
+    The same 'linear' rule and arithmetic as numpy (virtual index q·(n − 1), and numpy's two-sided lerp), so the
+    values are identical, without numpy's partition of every row.
+    """
+    count = sorted_rows.shape[1]
+    virtual = np.asarray(levels, dtype=np.float64) * (count - 1)
+    below = np.floor(virtual).astype(np.intp)
+    above = np.minimum(below + 1, count - 1)
+    gamma = virtual - below
+    low, high = sorted_rows[:, below], sorted_rows[:, above]
+    step = high - low
+    values = low + step * gamma
+    upper = gamma >= 0.5
+    values[:, upper] = (high - step * (1 - gamma))[:, upper]
+    return values
+
+
+class CategoryCounter:
+    """Counts of FerKD categories per image, per ground-truth class and overall, for any :class:`Calibration`.
+
+    ``CategoryCounter(store.y_s, store.targets, store.num_classes)``; images with NaN y_s (no label) are an
+    error, as in :func:`~softlab.calibrate.categorise`.
+    """
+
+    def __init__(self, y_s, targets, num_classes: int):
+        y_s = np.asarray(y_s, dtype=np.float32)
+        if np.isnan(y_s).any():
+            missing = np.isnan(y_s).any(axis=1)
+            raise ValueError(f"{int(missing.sum())} images have no ground-truth label (first: image "
+                             f"{int(np.argmax(missing))}); FerKD calibration needs labelled images")
+        self.sorted = np.sort(y_s, axis=1)
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.num_classes = int(num_classes)
+
+    @classmethod
+    def for_store(cls, store) -> "CategoryCounter":
+        return cls(store.y_s, store.targets, store.num_classes)
+
+    @property
+    def num_images(self) -> int:
+        return self.sorted.shape[0]
+
+    def thresholds(self, calibration: Calibration) -> np.ndarray:
+        """float32 ``[N, 3]`` or ``[1, 3]`` (absolute mode): the (T_L, T_M, T_T) each image is cut at."""
+        levels = [calibration.t_low, calibration.t_mid, calibration.t_top]
+        if calibration.mode == "absolute":
+            return np.asarray([levels], dtype=np.float32)
+        return sorted_row_quantiles(self.sorted, levels).astype(np.float32)
+
+    def image_counts(self, calibration: Calibration) -> np.ndarray:
+        """int64 ``[N, 4]``: crops of each image per category (CATEGORIES order)."""
+        t = self.thresholds(calibration)
+        below_low = (self.sorted < t[:, 0:1]).sum(axis=1)
+        below_mid = (self.sorted < t[:, 1:2]).sum(axis=1)
+        up_to_top = (self.sorted <= t[:, 2:3]).sum(axis=1)
+        total = self.sorted.shape[1]
+        return np.stack([below_low, below_mid - below_low, up_to_top - below_mid, total - up_to_top], axis=1)
+
+    def counts(self, calibration: Calibration) -> dict:
+        """``per_image`` [N, 4], ``per_class`` [C, 4], ``overall`` [4], ``images_without_kept_crops``."""
+        per_image = self.image_counts(calibration)
+        per_class = np.stack([np.bincount(self.targets, weights=per_image[:, k], minlength=self.num_classes)
+                              for k in range(len(CATEGORIES))], axis=1).round().astype(np.int64)
+        kept = per_image[:, HARD] + per_image[:, IMPORTANT]
+        return {"per_image": per_image, "per_class": per_class, "overall": per_image.sum(axis=0),
+                "images_without_kept_crops": int((kept == 0).sum())}
