@@ -89,9 +89,11 @@ def test_cut_crops_bicubic_matches_transforms_v2_and_stays_in_range():
     coords, flips = sample_crops(40, 50, 6, CropParams(flip_p=0.0), 0, 0)
     crops = cut_crops(image, coords, flips, 24)
     i, j, h, w = pixel_boxes(coords, 40, 50)[2]
-    expected = F.resized_crop(F.to_dtype(image, torch.float32, scale=True), int(i), int(j), int(h), int(w), [24, 24],
-                              interpolation=InterpolationMode.BICUBIC, antialias=True).clamp(0, 1)
-    torch.testing.assert_close(crops[2], expected)
+    unclamped = F.resized_crop(F.to_dtype(image, torch.float32, scale=True), int(i), int(j), int(h), int(w),
+                               [24, 24], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    torch.testing.assert_close(crops[2], unclamped.clamp(0, 1))
+    # bicubic overshoots on noise, so the range check below tests the clamp
+    assert unclamped.min() < 0 or unclamped.max() > 1
     assert crops.min() >= 0 and crops.max() <= 1
 
 

@@ -48,9 +48,13 @@ def test_photo_pack_reads_labelled_imagenet_photos_from_installed_packages():
 def test_any_torchvision_style_dataset_and_image_folders(tmp_path):
     from torchvision.datasets import FakeData
 
-    fake = WrappedDataset(FakeData(size=5, image_size=(3, 10, 12), num_classes=3, random_offset=0), name="fake")
+    raw = FakeData(size=5, image_size=(3, 10, 12), num_classes=3, random_offset=0)  # seeded per index
+    fake = WrappedDataset(raw, name="fake")
     image, target = fake[2]
-    assert image.shape == (3, 10, 12) and image.dtype == torch.uint8 and 0 <= target < 3
+    assert image.shape == (3, 10, 12) and image.dtype == torch.uint8
+    raw_image, raw_target = raw[2]
+    assert target == int(raw_target)
+    assert torch.equal(image.as_subclass(torch.Tensor), torch.from_numpy(np.array(raw_image)).permute(2, 0, 1))
     for class_dir in ("cat", "dog"):
         (tmp_path / class_dir).mkdir()
         Image.new("L", (6, 4), color=128).save(tmp_path / class_dir / "a.png")

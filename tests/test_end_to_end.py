@@ -10,6 +10,7 @@ from softlab.cli import main
 from softlab.data import load_dataset
 from softlab.data.crops import cut_crops
 from softlab.labels import LabelStore
+from tiny import clear_argmax
 
 pytestmark = pytest.mark.slow
 
@@ -17,8 +18,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def photo_store(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e") / "photos"
+    # on the CPU: fp32, the precision of the direct teacher pass it is compared with (CUDA would use bf16)
     code = main(["labels", "generate", "--data", "photos", "--limit", "3", "--teacher", "efficientnet_lite0",
-                 "--crops", "12", "--label-type", "marginal_smoothing_k5", "--chunk-size", "2", "--out", str(out)])
+                 "--crops", "12", "--label-type", "marginal_smoothing_k5", "--chunk-size", "2", "--device", "cpu",
+                 "--out", str(out)])
     assert code == 0
     return LabelStore.open(out)
 
@@ -27,7 +30,10 @@ def test_real_teacher_store_is_complete_and_consistent(photo_store):
     photo_store.verify()
     manifest = photo_store.manifest
     assert manifest["teacher"]["spec"] == "efficientnet_lite0" and manifest["teacher"]["input_size"] == [3, 224, 224]
-    assert manifest["generation"]["crops_per_s"] > 0
+    generation = manifest["generation"]
+    assert generation["crops"] == 36 and generation["device"] == "cpu"
+    # the rate is the crop count over the measured time, rounded to 0.1 (the time itself may be anything)
+    assert generation["crops_per_s"] == pytest.approx(36 / generation["seconds"], rel=1e-3, abs=0.051)
     assert photo_store.num_classes == 1000 and photo_store.topk_idx.shape == (3, 12, 5)
     labels = photo_store.labels(np.repeat(np.arange(3), 12), np.tile(np.arange(12), 3))
     torch.testing.assert_close(labels.sum(1), torch.ones(36), atol=2e-3, rtol=0)
@@ -41,9 +47,15 @@ def test_stored_labels_equal_a_direct_teacher_pass(photo_store):
     coords, flips = photo_store.crops(1)
     with torch.no_grad():
         probs = torch.softmax(teacher(cut_crops(image, coords, flips, (224, 224))), dim=1)
-    # coords were stored as fp16; the boxes they round to are the sampled ones, so the crops are identical
-    np.testing.assert_allclose(photo_store.y_s[1], probs[:, target].numpy(), rtol=1e-4, atol=1e-5)
-    assert (photo_store.topk_idx[1, :, 0] == probs.argmax(1).numpy()).all()
+    # coords were stored as fp16; the boxes they round to are the sampled ones, so the crops are identical.
+    # The store ran these 12 crops within a 24-crop batch, this pass as a 12-crop batch: the fp32 results differ
+    # by rounding that grows through the network's many layers (~1e-5 relative on the probabilities here;
+    # other kernels, thread counts or instruction sets give other noise), hence rtol 5e-4.
+    np.testing.assert_allclose(photo_store.y_s[1], probs[:, target].numpy(), rtol=5e-4, atol=1e-6)
+    # argmax only where the top two probabilities lie clearly further apart than that noise
+    predicted, clear = clear_argmax(probs, 1e-3)
+    assert clear.sum() >= 10, f"only {int(clear.sum())} of 12 crops have a clear top class"
+    np.testing.assert_array_equal(photo_store.topk_idx[1, :, 0][clear.numpy()], predicted[clear].numpy())
 
 
 def test_whole_image_crops_are_mostly_right_and_calibration_runs(photo_store, capsys):

@@ -29,7 +29,8 @@ def test_export_import_round_trip(tmp_path, label_type, fp16):
     # imported y_s is the ground-truth probability of the recovered dense label
     dense = back.labels(images, crops).reshape(9, 4, -1)
     expected = np.take_along_axis(dense.numpy(), np.asarray(back.targets)[:, None, None].repeat(4, 1), 2)[..., 0]
-    np.testing.assert_allclose(back.y_s[:], expected, rtol=1e-6)
+    # same fp32 formula on the same fp16 values; atol: 1 − Σ top-k loses relative precision when Σ nears 1
+    np.testing.assert_allclose(back.y_s[:], expected, rtol=1e-6, atol=1e-7)
 
 
 def test_exported_files_follow_fkds_layout(tmp_path):

@@ -1,7 +1,8 @@
 """Teachers: normalisation, ensembles, the registry, hub failures, checkpoints and the two real teachers."""
+import errno
 import hashlib
 import json
-import time
+import socket
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from softlab.teachers import (EnsembleTeacher, Teacher, TeacherSpecError, Teache
                               list_teachers, register_teacher, save_checkpoint)
 from softlab.teachers import registry, timm_teachers
 from softlab.teachers.fashion_mnist import build_model, random_resized_crops, train_fashion_mnist_teacher
+from tiny import correct_count_bounds
 
 
 def _flatten_teacher(input_size, mean, std):
@@ -131,32 +133,51 @@ def test_register_teacher_checks_names_and_duplicates(monkeypatch):
         create_teacher("test_flatten", weights="/no/such/file.pth")
 
 
-def test_hub_weights_fail_fast_with_advice_when_unreachable(monkeypatch, tmp_path):
-    """Simulated offline machine with empty caches: an actionable error at once, never a hang."""
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """A machine without a network: every connection attempt fails at once (and is recorded here), whatever
+    this machine's real connectivity; the weight caches are empty folders."""
     import huggingface_hub.constants
 
-    monkeypatch.setattr(timm_teachers, "_reachable", lambda url, timeout=0: False)
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError(errno.ENETUNREACH, "Network is unreachable (simulated)")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(timm_teachers, "_torch_hub_dir", lambda: str(tmp_path / "torch"))
-    for scheme in ("timm", "torchvision"):
-        started = time.perf_counter()
-        with pytest.raises(TeacherUnavailableError) as error:
-            create_teacher(f"{scheme}:resnet18")
-        assert time.perf_counter() - started < 10
-        text = str(error.value)
-        assert f"{scheme}:resnet18" in text and "weights=" in text and f"file:PATH@{scheme}:resnet18" in text
+    return attempts
 
 
-def test_timm_on_this_machine_fails_within_30s_or_loads():
-    """The real path: offline it must raise TeacherUnavailableError in under 30 s (online it may just work)."""
-    started = time.perf_counter()
-    try:
-        teacher = create_teacher("timm:resnet18")
-    except TeacherUnavailableError as error:
-        assert "timm:resnet18" in str(error) and "--teacher-weights" in str(error)
-    else:
-        assert teacher.num_classes == 1000
-    assert time.perf_counter() - started < 30
+@pytest.mark.parametrize("scheme", ["timm", "torchvision"])
+def test_hub_weights_fail_with_advice_when_offline(no_network, scheme):
+    """Offline with empty caches: an actionable error, and no download is even tried (huggingface_hub would
+    retry one for about 45 s), only the probe of the download host."""
+    with pytest.raises(TeacherUnavailableError) as error:
+        create_teacher(f"{scheme}:resnet18")
+    text = str(error.value)
+    assert f"{scheme}:resnet18" in text and "weights=" in text and f"file:PATH@{scheme}:resnet18" in text
+    assert "--teacher-weights" in text
+    assert len(no_network) == 1, no_network
+
+
+def test_hf_hub_offline_mode_gives_the_same_advice(no_network, monkeypatch):
+    """HF_HUB_OFFLINE=1 (huggingface_hub reads it at import, so its constant is set too): cached weights only,
+    even where the download host answers."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(timm_teachers, "_reachable", lambda url, timeout=0: True)
+    with pytest.raises(TeacherUnavailableError) as error:
+        create_teacher("timm:resnet18")
+    text = str(error.value)
+    assert "timm:resnet18" in text and "--teacher-weights" in text and "file:PATH@timm:resnet18" in text
+    assert no_network == []
 
 
 def _tiny_timm(num_classes, in_chans=3, seed=0):
@@ -244,7 +265,8 @@ def test_efficientnet_lite0_recognises_the_photo_pack():
     with torch.no_grad():
         predictions = teacher(images).argmax(dim=1)
     correct = int((predictions == torch.as_tensor(photos.targets)).sum())
-    assert correct >= 17, f"efficientnet_lite0 got {correct}/20 photos right"
+    # EfficientNet-Lite0's published ImageNet top-1 is about 75%, i.e. 15 of 20 photos (chance: 1 in 1000)
+    assert correct >= 15, f"efficientnet_lite0 got {correct}/20 photos right"
 
 
 def test_missing_weights_package_names_the_pip_command():
@@ -278,11 +300,20 @@ def test_fashion_mnist_teacher_trains_caches_and_reloads(tmp_path):
     sidecar = json.loads(path.with_suffix(".json").read_text())
     checkpoint = torch.load(path, weights_only=True, map_location="cpu")
     assert checkpoint["arch"] == "fashion_mnist_cnn" and checkpoint["seed"] == 0 and checkpoint["train_images"] == 512
-    assert checkpoint["accuracy"] == sidecar["accuracy"] and 0 <= sidecar["accuracy"] <= 1
+    assert checkpoint["accuracy"] == sidecar["accuracy"] and sidecar["test_images"] == 512
 
     teacher = create_teacher("fashion_mnist_cnn", cache_dir=tmp_path, train_if_missing=False)
     assert teacher.spec == "fashion_mnist_cnn" and teacher.input_size == (1, 28, 28) and teacher.num_classes == 10
     assert teacher.describe()["accuracy"] == sidecar["accuracy"]
+    # the recorded accuracy is the reloaded teacher's top-1 on the first 512 test images (rows whose top two
+    # logits lie within rounding noise of each other may count either way)
+    from softlab.data import load_dataset
+
+    test = load_dataset("fashion-mnist:test", limit=512)
+    with torch.no_grad():
+        logits = teacher(torch.stack([test[i][0] for i in range(len(test))]))
+    fewest, most = correct_count_bounds(logits, torch.as_tensor(test.targets), margin=1e-4)
+    assert most - fewest <= 5 and fewest <= round(sidecar["accuracy"] * 512) <= most
     model = build_model(**checkpoint["model_kwargs"])
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()

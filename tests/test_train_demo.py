@@ -3,8 +3,10 @@ import argparse
 import json
 
 import pytest
+import torch
 
 from softlab.train.commands import add_commands
+from tiny import correct_count_bounds
 
 
 def parse(argv):
@@ -38,7 +40,11 @@ def test_small_demo_end_to_end(tmp_path, monkeypatch, capsys):
     assert list(methods) == ["hard", "kd", "fkd", "ferkd"]
     assert len({m["crops_seen"] for m in methods.values()}) == 1                  # the same budget for all
     assert all(len(m["history"]) == summary["budget"]["epochs"] for m in methods.values())
-    assert all(m["test_top1"] > 0.3 for m in methods.values())                   # well above chance (0.1)
+    # Well above chance (0.1). These runs are 36 SGD steps from scratch: another machine's rounding sends them
+    # along another path, and their accuracies spread by several points (0.35 to 0.53 between methods here), so
+    # the bound is twice chance rather than near the values one machine gives.
+    assert all(m["test_top1"] > 0.2 for m in methods.values())
+    assert summary["teacher"]["top1"] > 0.2                                      # the 1-epoch small-mode teacher
     assert methods["hard"]["teacher_forwards"] == 0
     assert methods["fkd"]["teacher_forwards"] == methods["ferkd"]["teacher_forwards"] == 600 * 16
     assert methods["kd"]["teacher_forwards"] == summary["budget"]["crops_seen"]
@@ -51,7 +57,18 @@ def test_small_demo_end_to_end(tmp_path, monkeypatch, capsys):
     args = parse(["evaluate", str(out / "fkd"), "--limit", "200", "--json"])
     assert args.func(args) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["count"] == 200 and 0 <= result["top1"] <= 1 and len(result["reliability"]["bin_count"]) == 15
+    assert result["count"] == 200 and len(result["reliability"]["bin_count"]) == 15
+    # its top-1 is the checkpoint's accuracy on the first 200 test images, recomputed here (28×28: no resizing;
+    # rows whose top two logits lie within rounding noise of each other may count either way)
+    from softlab.data import load_dataset
+    from softlab.train import load_student
+
+    test = load_dataset("fashion-mnist:test", limit=200)
+    with torch.no_grad():
+        logits = load_student(out / "fkd" / "checkpoints" / "last.pt")(
+            torch.stack([test[i][0] for i in range(200)]).float() / 255)
+    fewest, most = correct_count_bounds(logits, torch.as_tensor(test.targets), margin=1e-4)
+    assert most - fewest <= 5 and fewest <= round(result["top1"] * 200) <= most
 
 
 def test_train_command_runs_resumes_and_evaluates(tmp_path, capsys):

@@ -439,12 +439,14 @@ def test_efficientnet_lite0_attributions_on_one_photo_crop(tmp_path):
 
     teacher = create_teacher("efficientnet_lite0")
     photos = load_dataset("photos", limit=1)
-    store = generate_labels(photos, teacher, tmp_path / "s", num_crops=2, progress=False)
+    # fp32 on the CPU, like the direct pass below (on CUDA, generation would use bf16)
+    store = generate_labels(photos, teacher, tmp_path / "s", num_crops=2, device="cpu", progress=False)
     layer = viz.last_feature_layer(teacher.model, teacher.input_size)
     assert layer is teacher.model.bn2
     crop = viz.teacher_crop(photos[0][0], store, 0, 0, teacher)
     with torch.no_grad():
         probability = torch.softmax(teacher(crop), dim=-1)[0, int(store.targets[0])]
+    # a 2-crop batch in the store, one crop here: fp32 rounding noise through the network's layers
     np.testing.assert_allclose(float(probability), float(store.y_s[0, 0]), rtol=1e-3, atol=1e-4)
     maps = viz.attribution_maps(teacher, crop, int(store.targets[0]), methods=("integrated_gradients", "grad_cam"),
                                 ig_steps=4)

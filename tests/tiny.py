@@ -39,3 +39,21 @@ class NoiseImages(ImageDataset):
 
     def load_image(self, index):
         return tv_tensors.Image(torch.from_numpy(self.images[index]))
+
+
+def clear_argmax(scores, margin):
+    """(argmax, clear) of ``scores [N, C]``: ``clear`` marks rows whose top-2 gap exceeds ``margin``.
+
+    Two fp32 evaluations of the same network (another batch shape, thread count, BLAS or instruction set) differ
+    by rounding noise, so their argmax may only be compared where the top two are further apart than that noise.
+    """
+    top = scores.topk(2, dim=-1).values
+    return scores.argmax(dim=-1), (top[..., 0] - top[..., 1]) > margin
+
+
+def correct_count_bounds(scores, targets, margin):
+    """(fewest, most) correct top-1 predictions that any evaluation within ``margin`` of ``scores`` can have:
+    rows whose top two lie within ``margin`` may go either way."""
+    predicted, clear = clear_argmax(scores, margin)
+    fewest = int(((predicted == targets) & clear).sum())
+    return fewest, fewest + int((~clear).sum())
