@@ -65,5 +65,5 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():
     readme = (ROOT / "README.md").read_text()
     blocks = readme.split("```")
     first_commands = [line.split("#")[0].strip() for line in blocks[1].splitlines()[1:] if line.strip()]
-    assert first_commands[:2] == ["make demo", "make test"]
+    assert first_commands[:2] == ["make lab", "make test"]
     assert "make test" in (ROOT / ".ci" / "run").read_text()
