@@ -22,6 +22,7 @@ from .base import DEBOUNCE_S, ConfigSource, Debouncer, MessageLine, error_text, 
 
 MODE_LABELS = {"none": "none", "selfmix": "SelfMix", "cross": "cross-image"}
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+PREVIEW_WIDTH = 880  # pixels (plotly would draw the widgets 700 px wide, too narrow for the tiles' titles)
 MAX_DROPDOWN_IMAGES = 500  # larger data sets get a number box instead of a list
 
 
@@ -77,7 +78,8 @@ class AugmentationPicker(ConfigSource, W.VBox):
         self._images, self._shown_images, self._syncing = {}, {}, False
         partner = (image + 1) % len(self.dataset) if partner is None else partner
         self._build_controls(image, partner, count, seed)
-        self.crops_figure, self.partner_figure, self.mixed_figure = figure_widget(), figure_widget(), figure_widget()
+        self.crops_figure, self.partner_figure, self.mixed_figure = (figure_widget(width=PREVIEW_WIDTH)
+                                                                     for _ in range(3))
         self._partner_box = W.Box([self.partner_figure], layout=W.Layout(width="100%"))
         self._mixed_box = W.Box([self.mixed_figure], layout=W.Layout(width="100%"))
         self.message = MessageLine()

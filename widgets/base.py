@@ -12,6 +12,7 @@ import asyncio
 import html
 
 import ipywidgets as W
+import numpy as np
 import plotly.graph_objects as go
 
 DEBOUNCE_S = 0.08
@@ -143,8 +144,36 @@ class Spinner(W.HTML):
         self.value = ""
 
 
-def figure_widget(figure: go.Figure | None = None) -> go.FigureWidget:
-    return go.FigureWidget(figure if figure is not None else go.Figure())
+def figure_widget(figure: go.Figure | None = None, width: int | None = None) -> go.FigureWidget:
+    """A plotly FigureWidget showing ``figure``; ``width`` (pixels) fixes its width for good (:func:`sync_figure`
+    keeps it). Figures side by side need one: without a width in its layout, plotly.js draws a widget 700 px
+    wide whatever the box it sits in (it sizes itself before the box is laid out), so half-width figures were
+    cut off on the right, legends included."""
+    widget = go.FigureWidget(go.Figure() if figure is None else
+                             dict(data=[json_safe(trace.to_plotly_json()) for trace in figure.data],
+                                  layout=figure.layout))
+    widget._fixed_width = width
+    if width:
+        widget.layout.width = width
+    return widget
+
+
+def side_by_side(*figures) -> W.HBox:
+    """Figures (of fixed widths) in a row that wraps onto the next line where the notebook is too narrow."""
+    return W.HBox(list(figures), layout=W.Layout(flex_flow="row wrap", width="100%"))
+
+
+def json_safe(value):
+    """A trace's properties with every multi-dimensional float array holding NaN/inf turned into nested lists
+    with None: plotly's widget sends such arrays (a heatmap's ``z``) as JSON lists, where NaN is not valid JSON
+    (the kernel then warns "Out of range float values are not JSON compliant" in the cell's output). 1-D arrays
+    travel as binary buffers and keep their NaN (line breaks in outlines)."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if (isinstance(value, np.ndarray) and value.ndim > 1 and value.dtype.kind == "f"
+            and not np.isfinite(value).all()):
+        return np.where(np.isfinite(value), value, None).tolist()
+    return value
 
 
 def sync_figure(widget: go.FigureWidget, figure: go.Figure, traces=None, layout_keys=None) -> None:
@@ -161,12 +190,14 @@ def sync_figure(widget: go.FigureWidget, figure: go.Figure, traces=None, layout_
     with widget.batch_update():
         if same_shape:
             for index in range(len(new_traces)) if traces is None else traces:
-                widget.data[index].update(new_traces[index].to_plotly_json(), overwrite=True)
+                widget.data[index].update(json_safe(new_traces[index].to_plotly_json()), overwrite=True)
         else:
             widget.data = []
-            widget.add_traces(list(new_traces))
+            widget.add_traces([json_safe(trace.to_plotly_json()) for trace in new_traces])
         if layout_keys is None or not same_shape:
             widget.layout = figure.layout
+            if getattr(widget, "_fixed_width", None):
+                widget.layout.width = widget._fixed_width
         else:
             widget.layout.update({key: figure.layout[key] for key in layout_keys}, overwrite=True)
 

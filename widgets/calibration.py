@@ -19,12 +19,16 @@ from softlab.viz import (MASK_STATISTICS, CATEGORY_LABELS, category_share_figure
 from softlab.viz.crops import image_title
 from softlab.viz.inputs import image_thresholds
 
-from .base import DEBOUNCE_S, ConfigSource, Debouncer, MessageLine, figure_widget, labelled, sync_figure
+from .base import (DEBOUNCE_S, ConfigSource, Debouncer, MessageLine, figure_widget, labelled, side_by_side,
+                   sync_figure)
 
 THRESHOLDS = ("t_low", "t_mid", "t_top")
 THRESHOLD_LABELS = {"t_low": "T_L", "t_mid": "T_M", "t_top": "T_T"}
+IMAGE_HEIGHT = 560
+BOXES_LEGEND = dict(orientation="h", x=0, y=0, yanchor="top", title=dict(text=""), font=dict(size=11))
+HISTOGRAM_LEGEND = dict(BOXES_LEGEND, y=-0.22)  # below the x axis and its title
 MASK_CHOICES = ("local_y_s", "local_hard_share", "majority", "mean_y_s", "min_y_s", "coverage")
-FIGURE_WIDTH = "49%"
+FIGURE_WIDTH = 470  # pixels: two figures side by side in a notebook's output area (they wrap where it is narrower)
 
 
 def _resolve(store, dataset, workspace):
@@ -57,8 +61,8 @@ class CalibrationExplorer(ConfigSource, W.VBox):
         self._image_tensor, self._shown_image, self._syncing = None, None, False
         calibration = calibration or Calibration()
         self._build_controls(calibration, image)
-        self.boxes_figure, self.mask_figure = figure_widget(), figure_widget()
-        self.histogram_figure, self.shares_figure = figure_widget(), figure_widget()
+        self.boxes_figure, self.mask_figure = figure_widget(width=FIGURE_WIDTH), figure_widget(width=FIGURE_WIDTH)
+        self.histogram_figure, self.shares_figure = figure_widget(width=FIGURE_WIDTH), figure_widget(width=FIGURE_WIDTH)
         self.summary, self.message = W.HTML(), MessageLine()
         self._refresh = Debouncer(self.refresh, debounce)
         self._connect()
@@ -101,10 +105,10 @@ class CalibrationExplorer(ConfigSource, W.VBox):
                                      continuous_update=True, layout=W.Layout(width="420px"), **labelled("ε", "40px"))
         self.mode = W.ToggleButtons(options=[("absolute y_s", "absolute"), ("per-image quantile", "quantile")],
                                     value=calibration.mode, description="thresholds",
-                                    style={"button_width": "130px"})
+                                    style={"button_width": "150px"})
         self.image_picker = W.IntSlider(value=int(image), min=0, max=self.store.num_images - 1, step=1,
                                         continuous_update=False, layout=W.Layout(width="420px"),
-                                        **labelled("image", "40px"))
+                                        **labelled("image", "50px"))
         self.previous_image = W.Button(description="◀", layout=W.Layout(width="40px"), tooltip="previous image")
         self.next_image = W.Button(description="▶", layout=W.Layout(width="40px"), tooltip="next image")
         self.image_label = W.HTML()
@@ -126,11 +130,9 @@ class CalibrationExplorer(ConfigSource, W.VBox):
         thresholds = W.VBox([self.mode, *self.sliders.values(), self.epsilon])
         picker = W.VBox([W.HBox([self.image_picker, self.previous_image, self.next_image]), self.image_label,
                          self.statistic, self.opacity])
-        half = W.Layout(width=FIGURE_WIDTH)
-        self.boxes_figure.layout = self.mask_figure.layout  # placeholders until the first refresh
-        return [W.HBox([thresholds, picker]), self.message, self.summary,
-                W.HBox([W.Box([self.boxes_figure], layout=half), W.Box([self.mask_figure], layout=half)]),
-                W.HBox([W.Box([self.histogram_figure], layout=half), W.Box([self.shares_figure], layout=half)])]
+        return [W.HBox([thresholds, picker], layout=W.Layout(flex_flow="row wrap")), self.message, self.summary,
+                side_by_side(self.boxes_figure, self.mask_figure),
+                side_by_side(self.histogram_figure, self.shares_figure)]
 
     def _on_threshold(self, name: str, value: float) -> None:
         """Keep T_L <= T_M <= T_T: moving one threshold past another pushes that one along."""
@@ -196,10 +198,16 @@ class CalibrationExplorer(ConfigSource, W.VBox):
         mask = hard_region_figure(image, store, index, calibration, statistics=[self.statistic.value],
                                   opacity=self.opacity.value, max_display=self.mask_grid)
         mask.layout.updatemenus, mask.layout.sliders = (), ()  # this widget's own controls replace them
-        mask.layout.margin.t = 50
-        return {"boxes": crop_boxes_figure(image, store, index, calibration, max_boxes=self.max_boxes),
+        mask.layout.margin.t, mask.layout.height = 50, IMAGE_HEIGHT
+        boxes = crop_boxes_figure(image, store, index, calibration, max_boxes=self.max_boxes)
+        boxes.layout.legend = BOXES_LEGEND  # below the image: beside it, it takes half of a half-width figure
+        boxes.layout.margin.b, boxes.layout.height = 10, IMAGE_HEIGHT
+        histogram = ys_histogram_figure(store, calibration, index)
+        histogram.layout.legend, histogram.layout.height = HISTOGRAM_LEGEND, 480
+        histogram.layout.margin.b, histogram.layout.margin.r = 110, 40  # room for the legend and the T_T label
+        return {"boxes": boxes,
                 "mask": mask,
-                "histogram": ys_histogram_figure(store, calibration, index),
+                "histogram": histogram,
                 "shares": category_share_figure(self._share_rows(index), title="Category shares")}
 
     def _share_rows(self, index: int) -> dict:

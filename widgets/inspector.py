@@ -15,13 +15,15 @@ import numpy as np
 from softlab.calibrate import CATEGORIES, Calibration
 from softlab.data.crops import pixel_boxes
 from softlab.viz import (ATTRIBUTION_METHODS, CATEGORY_LABELS, crop_attribution_figure, crop_boxes_figure,
-                         crop_grid_figure, topk_bars_figure)
+                         crop_grid_figure, spread_by_y_s, topk_bars_figure)
 from softlab.viz.attributions import METHOD_TITLES
 from softlab.viz.crops import image_title
-from softlab.viz.inputs import image_categories, image_size
+from softlab.viz.inputs import image_categories, image_size, image_y_s
 
-from .base import MessageLine, Spinner, error_text, figure_widget, labelled, sync_figure
-from .calibration import _resolve
+from .base import MessageLine, Spinner, error_text, figure_widget, labelled, side_by_side, sync_figure
+from .calibration import BOXES_LEGEND, FIGURE_WIDTH, IMAGE_HEIGHT, _resolve
+
+GRID_WIDTH = 560  # the crop grid: 4 columns of crops
 
 HIGHLIGHT = dict(type="rect", line=dict(color="#e040fb", width=4), fillcolor="rgba(0,0,0,0)", name="picked crop")
 
@@ -42,10 +44,11 @@ class SoftLabelInspector(W.VBox):
         self.explorer, self._calibration = explorer, calibration or Calibration()
         self.max_boxes, self.grid_count, self.top_k = max_boxes, grid_count, top_k
         self._image_tensor, self._shown_image, self._updating = None, None, False
+        self._grid_key = None  # (image, categories of its grid's crops) the crop grid shows
         self._build_controls(explorer.image if explorer is not None else image)
-        self.boxes_figure, self.grid_figure = figure_widget(), figure_widget()
-        self.bars_figure, self.attribution_figure = figure_widget(), figure_widget()
-        self.attribution_box = W.Box([self.attribution_figure], layout=W.Layout(width="39%", display="none"))
+        self.boxes_figure, self.bars_figure = figure_widget(width=FIGURE_WIDTH), figure_widget(width=FIGURE_WIDTH)
+        self.grid_figure, self.attribution_figure = figure_widget(width=GRID_WIDTH), figure_widget()
+        self.attribution_box = W.Box([self.attribution_figure], layout=W.Layout(display="none"))
         self.attribution_for = None  # (image, crop, method) the attribution shown was computed for
         self.info, self.message, self.spinner = W.HTML(), MessageLine(), Spinner()
         self._connect()
@@ -98,14 +101,12 @@ class SoftLabelInspector(W.VBox):
         self.explain_button.on_click(lambda _: self.explain())
 
     def _layout(self) -> list:
-        half = W.Layout(width="49%")
         note = "" if self.teacher is not None else " (attributions need the teacher: pass teacher=)"
-        controls = W.HBox([self.image_picker, self.crop_picker, self.method, self.explain_button, self.spinner])
+        controls = W.HBox([self.image_picker, self.crop_picker, self.method, self.explain_button, self.spinner],
+                          layout=W.Layout(flex_flow="row wrap"))
         return [controls, W.HTML(f"<i>Click a crop's outline or a tile to inspect it.{html.escape(note)}</i>"),
                 self.message, self.info,
-                W.HBox([W.Box([self.boxes_figure], layout=half), W.Box([self.bars_figure], layout=half)]),
-                W.HBox([W.Box([self.grid_figure], layout=W.Layout(width="60%")),
-                        self.attribution_box])]
+                side_by_side(self.boxes_figure, self.bars_figure), side_by_side(self.grid_figure, self.attribution_box)]
 
     def _follow_explorer(self, explorer) -> None:
         if explorer.image != self.image:
@@ -131,15 +132,28 @@ class SoftLabelInspector(W.VBox):
         """Boxes and grid (their categories follow the calibration), then the picked crop."""
         index, calibration = self.image, self.calibration
         boxes = crop_boxes_figure(self._image_tensor, self.store, index, calibration, max_boxes=self.max_boxes)
+        boxes.layout.legend, boxes.layout.height = BOXES_LEGEND, IMAGE_HEIGHT
         sync_figure(self.boxes_figure, boxes, traces=None if new_image else range(1, len(boxes.data)),
                     layout_keys=None if new_image else ())
-        sync_figure(self.grid_figure, crop_grid_figure(self._image_tensor, self.store, index, calibration,
-                                                       count=self.grid_count, columns=4, size=96))
+        self._redraw_grid(index, calibration)
         for trace in self.boxes_figure.data[1:]:
             trace.on_click(self._on_box_click)
         for trace in self.grid_figure.data:
             trace.on_click(self._on_tile_click)
         self._show_crop()
+
+    def _redraw_grid(self, index: int, calibration: Calibration) -> None:
+        """The crop grid, redrawn only when its crops' categories change. Its crops depend on the image alone, so a
+        new calibration updates the tile titles and borders and never sends the crops' pixels again."""
+        crops = spread_by_y_s(image_y_s(self.store, index), self.grid_count)
+        key = (index, tuple(image_categories(self.store, index, calibration)[crops].tolist()))
+        if key == self._grid_key:
+            return
+        same_image = self._grid_key is not None and self._grid_key[0] == index
+        grid = crop_grid_figure(self._image_tensor, self.store, index, calibration, crops=crops, columns=4, size=96)
+        sync_figure(self.grid_figure, grid, traces=() if same_image else None,
+                    layout_keys=("annotations", "shapes") if same_image else None)
+        self._grid_key = key
 
     def _show_crop(self) -> None:
         if self._updating:

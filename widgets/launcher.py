@@ -123,12 +123,15 @@ class TrainingLauncher(ConfigSource, W.VBox):
         self.student = W.Dropdown(options=students, value=base.student, **labelled("student", "60px"))
         self.device = W.Dropdown(options=devices, value=base.device if base.device in devices else devices[0],
                                  **labelled("device", "60px"))
-        self.epochs = W.BoundedIntText(value=base.epochs, min=1, max=100_000, **labelled("epochs", "60px"))
+        self.epochs = W.BoundedIntText(value=base.epochs, min=1, max=100_000, **labelled("epochs", "60px"),
+                                       layout=W.Layout(width="170px"))
         self.batch_images = W.BoundedIntText(value=base.batch_images, min=1, max=1_000_000,
-                                             **labelled("images / step", "90px"))
-        self.num_crops = W.BoundedIntText(value=base.num_crops, min=1, max=1024, **labelled("crops / image", "90px"))
-        self.lr = W.FloatText(value=base.lr, **labelled("lr", "30px"))
-        self.name = W.Text(value=base.name or "", placeholder="automatic", **labelled("run name", "60px"))
+                                             **labelled("images / step", "90px"),
+                                             layout=W.Layout(width="200px"))
+        self.num_crops = W.BoundedIntText(value=base.num_crops, min=1, max=1024, **labelled("crops / image", "90px"),
+                                          layout=W.Layout(width="200px"))
+        self.lr = W.FloatText(value=base.lr, **labelled("lr", "30px"), layout=W.Layout(width="160px"))
+        self.name = W.Text(value=base.name or "", placeholder="automatic", **labelled("run name", "70px"))
         self.recipe_doc, self.settings = W.HTML(), W.HTML()
         self.buttons = {key: W.Button(description=label, icon=icon, tooltip=tip) for key, label, icon, tip in (
             ("start", "Start", "play", "start a run with these settings, in the background"),
@@ -149,6 +152,7 @@ class TrainingLauncher(ConfigSource, W.VBox):
                                        tooltip="draw the chosen runs' curves together (all runs when none is chosen)")
         self.refresh_button = W.Button(description="Refresh", icon="refresh", tooltip="re-read the runs folder")
         self.overlay_figure = figure_widget()
+        self.overlay_box = W.Box([self.overlay_figure], layout=W.Layout(display="none"))  # shown by overlay()
 
     def _curves_figure(self):
         figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
@@ -176,12 +180,13 @@ class TrainingLauncher(ConfigSource, W.VBox):
         self.refresh_button.on_click(lambda _button: self.refresh_runs())
 
     def _layout(self) -> list:
-        row = W.HBox
+        def row(children):
+            return W.HBox(children, layout=W.Layout(flex_flow="row wrap"))
         return [row([self.recipe, self.student, self.device]), self.recipe_doc,
                 row([self.epochs, self.batch_images, self.num_crops, self.lr]), row([self.name]), self.settings,
                 row(list(self.buttons.values())), row([self.progress, self.progress_text]), self.message,
                 self.curves, W.HTML("<b>Runs</b>"), self.runs_table,
-                row([self.overlay_select, W.VBox([self.overlay_button, self.refresh_button])]), self.overlay_figure]
+                row([self.overlay_select, W.VBox([self.overlay_button, self.refresh_button])]), self.overlay_box]
 
     # ----- the config
     @property
@@ -416,6 +421,7 @@ class TrainingLauncher(ConfigSource, W.VBox):
         histories = run_histories([known[name] for name in names])
         metrics = [m for m in OVERLAY_METRICS if any(m in record for h in histories.values() for record in h)]
         sync_figure(self.overlay_figure, accuracy_curves(histories, metrics=metrics or None, title="Runs compared"))
+        self.overlay_box.layout.display = None
         self.overlay_select.value = tuple(names)
 
 
