@@ -44,6 +44,16 @@ def test_settings_made_in_one_tab_reach_the_launchers_config(lab):
     assert lab.inspector.image == 5
 
 
+def test_choosing_a_recipe_shows_its_own_mixing_on_the_augmentation_tab(lab):
+    assert lab.augmentation.mixing == Mixing()  # fkd, the launcher's first recipe, mixes nothing
+    lab.launcher.recipe.value = "ferkd"
+    selfmix = Mixing(mode="selfmix", mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.5, switch_prob=0.5)  # FerKD's
+    assert lab.augmentation.mixing == selfmix
+    assert lab.launcher.config.mixing == selfmix.to_dict()
+    lab.augmentation.mixing = Mixing(mode="cross", mixup_alpha=0.2, cutmix_alpha=0.0)  # the user's choice wins
+    assert lab.launcher.config.mixing["mode"] == "cross"
+
+
 def test_a_ferkd_run_started_in_the_lab_trains_with_the_explorers_calibration(lab):
     lab.launcher.recipe.value = "ferkd"
     lab.launcher.student.value = "tiny_cnn"

@@ -2,7 +2,8 @@
 
 ``Lab()`` builds (or reopens) the default workspace, Fashion-MNIST with the in-project teacher, in the mode
 ``$SOFTLAB_NOTEBOOK_MODE`` asks for; ``Lab(Workspace.photos())`` works on the real photos. The tabs are linked:
-the launcher trains with the explorer's calibration, the picker's crops and mixing, and the chosen teacher.
+the launcher trains with the explorer's calibration, the picker's crops and mixing (set to the recipe's own
+mixing whenever a recipe is chosen), and the chosen teacher.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import html
 
 import ipywidgets as W
 
+from softlab.train import get_recipe
 from softlab.workspace import Workspace, notebook_mode
 
 from .augmentation import AugmentationPicker
@@ -39,7 +41,14 @@ class Lab(W.VBox):
                                          teacher=self.teacher_picker)
         self.tabs = W.Tab(children=[self.teacher_picker, self.augmentation, self.explorer, self.inspector,
                                     self.launcher], titles=TAB_TITLES, selected_index=2)
+        self.launcher.recipe.observe(self._show_recipe_mixing, "value")
+        self._show_recipe_mixing()
         super().__init__(children=[W.HTML(self._header()), self.tabs], layout=W.Layout(width="100%"))
+
+    def _show_recipe_mixing(self, *_ignored) -> None:
+        """Choosing a recipe puts its own mixing (FerKD: SelfMix) on the Augmentation tab, which the launcher
+        trains with: what the tab shows is what is trained, and it can be changed there afterwards."""
+        self.augmentation.mixing = get_recipe(self.launcher.recipe.value).default_mixing
 
     def _header(self) -> str:
         ws, store = self.workspace, self.workspace.store
