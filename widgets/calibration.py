@@ -31,7 +31,8 @@ MASK_CHOICES = ("local_y_s", "local_hard_share", "majority", "mean_y_s", "min_y_
 FIGURE_WIDTH = 470  # pixels: two figures side by side in a notebook's output area (they wrap where it is narrower)
 
 
-def _resolve(store, dataset, workspace):
+def store_and_dataset(store, dataset, workspace):
+    """The label store and its data set, given directly or by a workspace (shared by the explorer and inspector)."""
     if workspace is not None:
         store = store if store is not None else workspace.store
         dataset = dataset if dataset is not None else workspace.dataset
@@ -54,7 +55,7 @@ class CalibrationExplorer(ConfigSource, W.VBox):
     def __init__(self, store=None, dataset=None, calibration: Calibration | None = None, image: int = 0,
                  workspace=None, max_boxes: int = 60, mask_grid: int = 128, class_rows: int = 20,
                  debounce: float = DEBOUNCE_S):
-        self.store, self.dataset = _resolve(store, dataset, workspace)
+        self.store, self.dataset = store_and_dataset(store, dataset, workspace)
         self.counter = CategoryCounter.for_store(self.store)
         self.max_boxes, self.mask_grid, self.class_rows = max_boxes, mask_grid, class_rows
         self.counts, self.last_figures = None, {}

@@ -21,7 +21,7 @@ from softlab.viz.crops import image_title
 from softlab.viz.inputs import image_categories, image_size, image_y_s
 
 from .base import MessageLine, Spinner, error_text, figure_widget, labelled, side_by_side, sync_figure
-from .calibration import BOXES_LEGEND, FIGURE_WIDTH, IMAGE_HEIGHT, _resolve
+from .calibration import BOXES_LEGEND, FIGURE_WIDTH, IMAGE_HEIGHT, store_and_dataset
 
 GRID_WIDTH = 560  # the crop grid: 4 columns of crops
 
@@ -39,7 +39,7 @@ class SoftLabelInspector(W.VBox):
                  grid_count: int = 12, top_k: int = 10):
         if explorer is not None:
             store, dataset = explorer.store, explorer.dataset
-        self.store, self.dataset = _resolve(store, dataset, workspace)
+        self.store, self.dataset = store_and_dataset(store, dataset, workspace)
         self.teacher = teacher if teacher is not None else getattr(workspace, "teacher", None)
         self.explorer, self._calibration = explorer, calibration or Calibration()
         self.max_boxes, self.grid_count, self.top_k = max_boxes, grid_count, top_k
