@@ -17,7 +17,7 @@ from softlab.calibrate.ferkd import HARD, IMPORTANT
 from softlab.viz import (MASK_STATISTICS, CATEGORY_LABELS, category_share_figure, crop_boxes_figure,
                          hard_region_figure, ys_histogram_figure)
 from softlab.viz.crops import image_title
-from softlab.viz.inputs import image_thresholds
+from softlab.viz.inputs import check_has_labels, image_thresholds
 
 from .base import (DEBOUNCE_S, ConfigSource, Debouncer, MessageLine, figure_widget, labelled, side_by_side,
                    sync_figure)
@@ -177,6 +177,13 @@ class CalibrationExplorer(ConfigSource, W.VBox):
         self._refresh.cancel()
         calibration = self.calibration
         index = self.image
+        try:
+            check_has_labels(self.store, index)
+        except ValueError as error:  # an image left undecodable at generation: the counts go on, no picture
+            self.counts = self.counter.counts(calibration)
+            self.message.show(f"{error}; pick another image", "warning")
+            self._config_changed()
+            return
         new_image = index != self._shown_image
         if new_image:
             self._image_tensor = self.dataset[index][0]

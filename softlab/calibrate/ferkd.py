@@ -13,6 +13,9 @@ Thresholds are absolute probabilities (``mode="absolute"``) or per-image quantil
 (``mode="quantile"``: T = quantile of that image's y_s at the given level). The paper's exact values are not
 public. The store is never rewritten: a :class:`CalibratedStore` computes categories on demand, in one
 vectorised pass over the ``y_s`` array, so a slider can recompute them in milliseconds.
+
+Images that could not be decoded when the labels were generated (listed as skipped in the store's manifest) have
+no y_s: their crops get no category (:data:`NO_LABEL`), are never kept and are left out of every count.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from ..labels.store import LabelStore
 
 CATEGORIES = ("discarded_hard", "hard", "important", "discarded_easy")
 DISCARDED_HARD, HARD, IMPORTANT, DISCARDED_EASY = range(4)
+NO_LABEL = -1  # the "category" of the crops of skipped images (no labels): neither kept nor counted
 MODES = ("absolute", "quantile")
 
 
@@ -71,16 +75,35 @@ def thresholds_per_image(y_s: np.ndarray, calibration: Calibration) -> np.ndarra
     return np.quantile(y_s, levels, axis=1).T
 
 
-def categorise(y_s: np.ndarray, calibration: Calibration) -> np.ndarray:
-    """int8 ``[N, n]`` category of every crop (indices into :data:`CATEGORIES`), vectorised.
+def skipped_mask(store) -> np.ndarray | None:
+    """bool ``[N]`` of the images a store lists as skipped (None for objects that list none)."""
+    mask = store.skipped_mask() if hasattr(store, "skipped_mask") else None
+    return mask if mask is not None and mask.any() else None
 
-    Raises when an image has no ground-truth label (y_s is NaN): FerKD needs one.
-    """
-    y_s = np.asarray(y_s, dtype=np.float32)
+
+def check_labelled(y_s: np.ndarray, skipped: np.ndarray | None = None) -> None:
+    """Raise unless every image outside ``skipped`` has a y_s for each crop (not NaN): FerKD needs one."""
     missing = np.isnan(y_s).any(axis=1)
+    if skipped is not None:
+        missing &= ~skipped
     if missing.any():
         raise ValueError(f"{int(missing.sum())} images have no ground-truth label (first: image "
                          f"{int(np.argmax(missing))}); FerKD calibration needs labelled images")
+
+
+def categorise(y_s: np.ndarray, calibration: Calibration, skipped: np.ndarray | None = None) -> np.ndarray:
+    """int8 ``[N, n]`` category of every crop (indices into :data:`CATEGORIES`), vectorised.
+
+    ``skipped`` (bool ``[N]``) marks images without labels (skipped at generation): their crops get
+    :data:`NO_LABEL`. Raises when another image has no ground-truth label (y_s is NaN): FerKD needs one.
+    """
+    y_s = np.asarray(y_s, dtype=np.float32)
+    skipped = None if skipped is None or not np.any(skipped) else np.asarray(skipped, dtype=bool)
+    check_labelled(y_s, skipped)
+    if skipped is not None:
+        categories = np.full(y_s.shape, NO_LABEL, dtype=np.int8)
+        categories[~skipped] = categorise(y_s[~skipped], calibration)
+        return categories
     t = thresholds_per_image(y_s, calibration).astype(np.float32)
     low, mid, top = t[:, :1], t[:, 1:2], t[:, 2:3]
     categories = np.full(y_s.shape, IMPORTANT, dtype=np.int8)
@@ -111,7 +134,7 @@ class CalibratedStore:
     @property
     def categories(self) -> np.ndarray:
         if self._categories is None:
-            self._categories = categorise(self.store.y_s, self.calibration)
+            self._categories = categorise(self.store.y_s, self.calibration, skipped_mask(self.store))
         return self._categories
 
     @property
@@ -128,9 +151,13 @@ class CalibratedStore:
         return np.flatnonzero(self.kept[image])
 
     def labels(self, image_idx, crop_idx) -> torch.Tensor:
-        """Calibrated dense labels ``[B, C]``; asking for a discarded crop is an error."""
+        """Calibrated dense labels ``[B, C]``; asking for a discarded crop, or one of a skipped image, is an error."""
         image_idx, crop_idx = (a.ravel() for a in np.broadcast_arrays(np.asarray(image_idx), np.asarray(crop_idx)))
         category = self.categories[image_idx, crop_idx]
+        if (category == NO_LABEL).any():
+            at = int(np.argmax(category == NO_LABEL))
+            raise ValueError(f"image {int(image_idx[at])} was skipped when the labels were generated (it could not "
+                             "be decoded): it has no labels")
         discarded = (category == DISCARDED_HARD) | (category == DISCARDED_EASY)
         if discarded.any():
             at = int(np.argmax(discarded))
@@ -144,9 +171,14 @@ class CalibratedStore:
         return labels
 
     def stats(self) -> dict:
-        """Counts and fractions per category, overall and per ground-truth class."""
+        """Counts and fractions per category, overall and per ground-truth class, over the images with labels;
+        ``skipped_images`` counts those left without labels at generation (not in any other count)."""
         categories = self.categories
         classes = np.asarray(self.store.targets)
+        skipped = skipped_mask(self.store)
+        kept = self.kept
+        if skipped is not None:
+            categories, classes, kept = categories[~skipped], classes[~skipped], kept[~skipped]
         per_class = np.zeros((self.store.num_classes, len(CATEGORIES)), dtype=np.int64)
         np.add.at(per_class, (np.repeat(classes, categories.shape[1]), categories.ravel()), 1)
         overall = per_class.sum(axis=0)
@@ -158,7 +190,8 @@ class CalibratedStore:
             "counts": dict(zip(CATEGORIES, overall.tolist())),
             "fractions": {name: (count / total if total else 0.0) for name, count in zip(CATEGORIES, overall.tolist())},
             "kept_fraction": float((overall[HARD] + overall[IMPORTANT]) / total) if total else 0.0,
-            "images_without_kept_crops": int((~self.kept.any(axis=1)).sum()),
+            "images_without_kept_crops": int((~kept.any(axis=1)).sum()),
+            "skipped_images": 0 if skipped is None else int(skipped.sum()),
             "per_class": {
                 names[c]: {"counts": dict(zip(CATEGORIES, row.tolist())),
                            "fractions": dict(zip(CATEGORIES, (row / max(row.sum(), 1)).tolist()))}

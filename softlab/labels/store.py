@@ -13,14 +13,25 @@ Layout of ``<store>/``::
     image_ids.json       stable image names (relative paths for folders)
     chunks/<c>.json      one marker per finished chunk of images, with the sha256 of its bytes
 
+Images that could not be decoded when the labels were generated (``on_bad_image="skip"``) keep their index but
+have no labels: the manifest lists them under ``"skipped"`` (``{index, id, path, reason, detail}``), and their rows
+hold NaN ``y_s`` and ``entropy``, zero probabilities, class indices and coordinates, and no flips
+(:attr:`LabelStore.skipped`, :meth:`LabelStore.skipped_mask`). Training and calibration leave them out.
+
 Arrays are preallocated; a chunk's rows count as written only once its marker exists (the marker is written
 after the rows are flushed, then atomically renamed into place), so an interrupted writer never leaves a chunk
 that a reader would accept. Reading needs numpy only: no pickle anywhere.
+
+Opening a store checks it (see :meth:`LabelStore.open`): the files against the manifest and every finished row's
+values against their possible range, always; the sha256 checksums the first time a process opens the store, or on
+request (``verify="full"``, ``softlab labels verify``). A damaged store raises :class:`StoreError` naming the file,
+what is wrong and how to repair it, instead of feeding corrupt labels to a student.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -33,6 +44,14 @@ from .quantize import dense_labels, parse_label_type
 FORMAT = "softlab-labels"
 FORMAT_VERSION = 1
 PER_CROP_ARRAYS = ("coords", "flip", "topk_idx", "topk_prob", "y_s", "entropy")
+VERIFY_LEVELS = ("auto", "full", "cheap", "none")
+SCAN_BLOCK_BYTES = 4 << 20  # value checks read memory-mapped arrays in blocks of about this many bytes
+
+# Stores whose checksums this process has verified (or computed, in finalize): a complete store's key holds its
+# resolved path, the manifest's checksums and its array files' (size, mtime, inode); an incomplete store's finished
+# chunks are keyed by path, chunk, marker file and the array files. Later opens of an unchanged store then do the
+# cheap checks only.
+_VERIFIED: set = set()
 
 
 class StoreError(RuntimeError):
@@ -72,10 +91,12 @@ class LabelStore:
         self.path = Path(path)
         self.manifest = manifest
         self.mode = mode
+        _check_manifest(self.path, manifest)
+        _check_skipped(self.path, manifest)
         self.label_type = parse_label_type(manifest["label"]["type"])
-        self.arrays = {name: np.load(self.path / f"{name}.npy", mmap_mode=mode)
-                       for name in manifest["arrays"]}
-        self.image_ids = json.loads((self.path / "image_ids.json").read_text())
+        self.arrays = {name: _map_array(self.path, name, spec, mode, manifest)
+                       for name, spec in manifest["arrays"].items()}
+        self.image_ids = _read_image_ids(self.path, manifest)
 
     # ----- creation and writing
     @classmethod
@@ -111,7 +132,20 @@ class LabelStore:
         return self.path / "chunks" / f"{chunk:06d}.json"
 
     def finished_chunks(self) -> set[int]:
-        return {int(p.stem) for p in (self.path / "chunks").glob("*.json")}
+        """Chunks whose marker exists (files in ``chunks/`` that name no chunk of this store are ignored)."""
+        found = {int(p.stem) for p in (self.path / "chunks").glob("*.json") if p.stem.isdigit()}
+        return {chunk for chunk in found if chunk < self.num_chunks}
+
+    def chunk_of(self, image: int) -> int:
+        return int(image) // self.manifest["chunk_size"]
+
+    @property
+    def resume_hint(self) -> str:
+        """What to do to finish an incomplete store."""
+        if _imported(self.manifest):
+            return ("an interrupted FKD import cannot be resumed: run `softlab labels import-fkd` again into a new "
+                    "folder")
+        return "rerun the same `softlab labels generate` command to resume it"
 
     def pending_chunks(self) -> list[int]:
         done = self.finished_chunks()
@@ -136,47 +170,285 @@ class LabelStore:
         write_json_atomic(self._marker(chunk), {"chunk": chunk, "start": start, "stop": stop, "sha256": digests})
 
     def finalize(self, extra: dict | None = None) -> None:
-        """Mark the store complete, recording whole-array checksums (after every chunk has its marker)."""
+        """Mark the store complete, recording whole-array checksums (after every chunk has its marker).
+
+        The same read checks every chunk's rows against the sha256 in its marker, so rows damaged after they were
+        written (for instance before an interrupted run was resumed) are reported, never sealed into checksums.
+        """
         missing = self.pending_chunks()
         if missing:
             raise StoreError(f"cannot finalise {self.path}: chunks {missing[:5]}... not written")
+        checksums, digests = self._hash_pass(whole=True, chunks=range(self.num_chunks))
+        problems = self._compare_chunk_digests(digests)
+        if problems:
+            raise _damaged(self.path, problems, self.manifest)
         self.manifest.update(extra or {})
-        self.manifest["checksums"] = self.compute_checksums()
+        self.manifest["checksums"] = checksums
         self.manifest["complete"] = True
         write_json_atomic(self.path / "manifest.json", self.manifest)
+        _VERIFIED.add(self._checksum_key())  # just computed from these very files: no need to hash them again
 
     def compute_checksums(self) -> dict:
         return {name: _sha256_rows(array) for name, array in self.arrays.items()}
 
     # ----- opening and reading
     @classmethod
-    def open(cls, path, allow_partial: bool = False) -> "LabelStore":
+    def open(cls, path, allow_partial: bool = False, verify: str | bool = "auto") -> "LabelStore":
+        """Open a store for reading, after checking it; a damaged store raises :class:`StoreError`.
+
+        ``verify`` chooses how much is checked:
+
+        - ``"cheap"`` (or False): every array file exists and matches the manifest's dtype and shape, and every
+          finished row's values lie in their possible ranges (probabilities in [0, 1] summing to at most 1, class
+          indices below the class count, flips 0/1, coordinates in [0, 1], finite entropies up to log C); a
+          complete store must have all its chunk markers. Vectorised, in blocks: some 40 ms for 60,000 images
+          × 32 crops (the checksums of such a store take some 70 ms more).
+        - ``"auto"`` (default): the cheap checks, plus the sha256 checksums the first time this process opens
+          the store (whole arrays against the manifest; the finished chunks' rows against their markers for an
+          incomplete store). Later opens of the unchanged store in the same process skip the checksums.
+        - ``"full"`` (or True): the cheap checks, the checksums and every chunk marker's own sha256, always.
+        - ``"none"``: only what reading needs (the manifest, the files and their headers).
+        """
+        level = _verify_level(verify)
         path = Path(path)
-        manifest_path = path / "manifest.json"
-        if not manifest_path.is_file():
-            raise StoreError(f"{path} is not a label store (no manifest.json); make one with `softlab labels "
-                             "generate` or `softlab labels import-fkd`")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != FORMAT:
-            raise StoreError(f"{manifest_path} is not a softlab label manifest (format={manifest.get('format')!r})")
-        if manifest.get("format_version", 0) > FORMAT_VERSION:
-            raise StoreError(f"{path} has format version {manifest['format_version']}; this softlab reads up to "
-                             f"{FORMAT_VERSION}: upgrade softlab")
+        manifest = read_manifest(path)
         store = cls(path, manifest)
         if not manifest.get("complete") and not allow_partial:
             done = len(store.finished_chunks())
-            raise StoreError(f"label store {path} is incomplete ({done}/{store.num_chunks} chunks written): rerun the "
-                             "same `softlab labels generate` command to resume it, or open with allow_partial=True")
+            raise StoreError(f"label store {path} is incomplete ({done}/{store.num_chunks} chunks written): "
+                             f"{store.resume_hint}, or open with allow_partial=True")
+        if level != "none":
+            store.verify(level)
         return store
 
-    def verify(self) -> None:
-        """Recompute the checksums of every array and compare them with the manifest's."""
-        expected = self.manifest.get("checksums")
-        if not expected:
-            raise StoreError(f"{self.path} has no checksums (incomplete store)")
-        bad = [name for name, digest in self.compute_checksums().items() if expected.get(name) != digest]
-        if bad:
-            raise StoreError(f"{self.path}: checksum mismatch in {', '.join(bad)}; the store is corrupt, regenerate it")
+    def verify(self, level: str | bool = "full") -> dict:
+        """Check the store at ``level`` (see :meth:`open`; default ``"full"``) → a report of what was checked.
+
+        Raises :class:`StoreError` naming every damaged file and what is wrong with it.
+        """
+        level = _verify_level(level)
+        finished = sorted(self.finished_chunks())
+        complete = bool(self.manifest.get("complete"))
+        report = {"store": str(self.path), "level": level, "complete": complete, "images": self.num_images,
+                  "crops_per_image": self.num_crops, "label_type": self.label_type.name,
+                  "arrays": sorted(self.arrays), "chunks": self.num_chunks, "chunks_finished": len(finished),
+                  "images_checked": 0, "crops_checked": 0, "chunk_digests_checked": 0, "checksums": "skipped"}
+        if level == "none":
+            return report
+        problems = []
+        if complete and len(finished) < self.num_chunks:
+            problems.append(self._missing_markers(sorted(set(range(self.num_chunks)) - set(finished))))
+        scan_problems, images = self._scan_values(finished)
+        problems += scan_problems
+        report["images_checked"], report["crops_checked"] = images, images * self.num_crops
+        if problems:
+            raise _damaged(self.path, problems, self.manifest)
+        if level == "cheap":
+            return report
+        if complete:
+            if not self.manifest.get("checksums"):
+                raise _damaged(self.path, ["manifest.json marks the store complete but records no checksums"],
+                               self.manifest)
+            key = self._checksum_key()
+            if level == "auto" and key in _VERIFIED:
+                report["checksums"] = "verified earlier in this process"
+                return report
+            checksums, digests = self._hash_pass(whole=True, chunks=finished if level == "full" else ())
+            expected = self.manifest["checksums"]
+            bad = [name for name in self.arrays if expected.get(name) != checksums[name]]
+            if bad:
+                problems.append(f"checksum mismatch in {', '.join(bad)}: the contents of "
+                                f"{', '.join(name + '.npy' for name in bad)} differ from the sha256 recorded in "
+                                "manifest.json")
+            problems += self._compare_chunk_digests(digests)
+            if problems:
+                raise _damaged(self.path, problems, self.manifest)
+            _VERIFIED.add(key)
+            report["checksums"] = f"{len(checksums)} arrays match"
+            report["chunk_digests_checked"] = len(digests)
+            return report
+        state = self._files_state()
+        todo = [chunk for chunk in finished if level == "full" or self._chunk_key(chunk, state) not in _VERIFIED]
+        _, digests = self._hash_pass(whole=False, chunks=todo)
+        problems = self._compare_chunk_digests(digests)
+        if problems:
+            hint = None if _imported(self.manifest) else (
+                f"Or delete the markers of the chunks named above and {self.resume_hint} (that regenerates just "
+                "those chunks).")
+            raise _damaged(self.path, problems, self.manifest, hint=hint)
+        _VERIFIED.update(self._chunk_key(chunk, state) for chunk in todo)
+        report["chunk_digests_checked"] = len(todo)
+        report["checksums"] = "none yet (incomplete store)"
+        return report
+
+    # ----- checks
+    def _files_state(self) -> tuple:
+        """(name, size, mtime, inode) of every array file: a change to any of them voids earlier verification."""
+        files = []
+        for name in sorted(self.arrays):
+            stat = (self.path / f"{name}.npy").stat()
+            files.append((name, stat.st_size, stat.st_mtime_ns, stat.st_ino))
+        return tuple(files)
+
+    def _checksum_key(self) -> tuple:
+        return (str(self.path.resolve()), json.dumps(self.manifest.get("checksums"), sort_keys=True),
+                self._files_state())
+
+    def _chunk_key(self, chunk: int, files_state: tuple) -> tuple:
+        stat = self._marker(chunk).stat()
+        return (str(self.path.resolve()), chunk, stat.st_ino, stat.st_mtime_ns, stat.st_size, files_state)
+
+    def _hash_pass(self, whole: bool, chunks) -> tuple[dict, dict]:
+        """One read of the arrays → (whole-array sha256 per array, or {} unless ``whole``; {chunk: {array: sha256
+        of the chunk's rows}} for ``chunks``, over the per-crop arrays, as :meth:`write_chunk` records them)."""
+        chunks = set(chunks)
+        checksums, digests = {}, {chunk: {} for chunk in chunks}
+        order = range(self.num_chunks) if whole else sorted(chunks)
+        for name, array in self.arrays.items():
+            if name not in PER_CROP_ARRAYS:
+                if whole:
+                    checksums[name] = _sha256_rows(array)
+                continue
+            digest = hashlib.sha256()
+            for chunk in order:
+                start, stop = self.chunk_bounds(chunk)
+                rows = np.ascontiguousarray(array[start:stop])
+                if whole:
+                    digest.update(rows)
+                if chunk in chunks:
+                    digests[chunk][name] = hashlib.sha256(rows).hexdigest()
+            if whole:
+                checksums[name] = digest.hexdigest()
+        return checksums, digests
+
+    def _compare_chunk_digests(self, digests: dict) -> list[str]:
+        """Problems found comparing computed chunk digests with the chunks' markers."""
+        problems, mismatched = [], {}
+        for chunk in sorted(digests):
+            marker = self._marker(chunk)
+            where = f"chunks/{marker.name}"
+            try:
+                content = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                problems.append(f"{where} is unreadable (truncated or not valid JSON)")
+                continue
+            start, stop = self.chunk_bounds(chunk)
+            recorded = content.get("sha256") if isinstance(content, dict) else None
+            if not isinstance(recorded, dict) or (content.get("chunk"), content.get("start"), content.get("stop")) \
+                    != (chunk, start, stop):
+                problems.append(f"{where} does not describe chunk {chunk} (images {start}-{stop - 1})")
+                continue
+            for name, digest in digests[chunk].items():
+                if recorded.get(name) != digest:
+                    mismatched.setdefault(name, []).append(chunk)
+        for name, bad in mismatched.items():
+            start, stop = self.chunk_bounds(bad[0])
+            listed = ", ".join(str(chunk) for chunk in bad[:5]) + (", …" if len(bad) > 5 else "")
+            problems.append(f"{name}.npy: the rows of {len(bad)} chunk{'s' if len(bad) > 1 else ''} ({listed}) "
+                            f"differ from the sha256 in their markers (first: chunk {bad[0]}, images "
+                            f"{start}-{stop - 1})")
+        return problems
+
+    def _missing_markers(self, missing: list[int]) -> str:
+        files = ", ".join(f"chunks/{self._marker(chunk).name}" for chunk in missing[:5])
+        files += f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        spans = _merge_ranges([self.chunk_bounds(chunk) for chunk in missing])
+        images = sum(stop - start for start, stop in spans)
+        shown = ", ".join(f"{start}-{stop - 1}" for start, stop in spans[:5]) + (", …" if len(spans) > 5 else "")
+        return (f"manifest.json marks the store complete but {len(missing)} of {self.num_chunks} chunk markers are "
+                f"missing: {files} ({images} of {self.num_images} images: {shown})")
+
+    def _scan_values(self, chunks) -> tuple[list[str], int]:
+        """Range checks of every finished row (unfinished rows are still zeros) → (problems, images checked)."""
+        spans = _merge_ranges([self.chunk_bounds(chunk) for chunk in sorted(chunks)])
+        num_classes, k = self.num_classes, self.topk_prob.shape[-1]
+        full = self.label_type.kind == "full"
+        prob_tol = probability_sum_tolerance(num_classes, k)
+        max_entropy = math.log(num_classes)
+        # a label recovered from float16 values may sum to 1 + prob_tol, and a vector summing to s has an entropy
+        # of at most s·ln(C/s) ≈ ln C + (s − 1)(ln C − 1): (1 + ln C)·prob_tol covers that and float32 rounding
+        entropy_tol = (1 + max_entropy) * prob_tol
+        targets = np.asarray(self.targets)
+        labelled = targets >= 0
+        # images listed as skipped hold the "no label" pattern instead; the other images get the usual checks
+        skip = self.skipped_mask()
+        finished = np.zeros(self.num_images, dtype=bool)
+        for start, stop in spans:
+            finished[start:stop] = True
+        skipped_rows = np.flatnonzero(skip & finished)
+        listed = "an image that manifest.json lists as skipped (undecodable, so without labels)"
+        tallies = {
+            "coords": _Tally("coords.npy", "coordinates outside [0, 1]"),
+            "flip": _Tally("flip.npy", "flip bytes other than 0 or 1"),
+            "topk_idx": _Tally("topk_idx.npy", f"class indices outside [0, {num_classes})"),
+            "topk_prob": _Tally("topk_prob.npy", "probabilities outside [0, 1]"),
+            "sum": _Tally("topk_prob.npy", f"probabilities not summing to 1 ± {prob_tol:.1e}" if full else
+                          f"probabilities summing to more than 1 + {prob_tol:.1e}", label="sum"),
+            "y_s": _Tally("y_s.npy", "a ground-truth probability outside [0, 1], or NaN for a labelled image"),
+            "entropy": _Tally("entropy.npy", f"an entropy outside [0, ln {num_classes} = {max_entropy:.4g}] nats, "
+                              "or not finite"),
+            "targets": _Tally("targets.npy", f"a class outside [-1, {num_classes})", per_crop=False),
+        }
+        no_label = {"coords": (f"coordinates other than 0 in {listed}", lambda block: block == 0),
+                    "flip": (f"a flip in {listed}", lambda block: block.view(np.uint8) == 0),
+                    "topk_idx": (f"a class index other than 0 in {listed}", lambda block: block == 0),
+                    "topk_prob": (f"a probability other than 0 in {listed}", lambda block: block == 0),
+                    "y_s": (f"a value other than NaN in {listed}", np.isnan),
+                    "entropy": (f"a value other than NaN in {listed}", np.isnan)}
+        for name, (what, fine) in no_label.items():
+            tallies["skipped " + name] = _Tally(f"{name}.npy", what)
+        bad_targets = (targets < -1) | (targets >= num_classes)
+        tallies["targets"].add(bad_targets, 0, targets)
+
+        for name in PER_CROP_ARRAYS:
+            if name not in self.arrays:
+                continue
+            array = self.arrays[name]
+            row_bytes = max(1, array.dtype.itemsize * int(np.prod(array.shape[1:])))
+            step = max(1, SCAN_BLOCK_BYTES // row_bytes)
+            for span_start, span_stop in spans:
+                for start in range(span_start, span_stop, step):
+                    block = np.asarray(array[start:min(start + step, span_stop)])
+                    # [rows, 1]: the rows of skipped images, checked below against the "no label" pattern only
+                    other = ~skip[start:start + len(block), None]
+                    if name in ("coords", "topk_prob"):
+                        bits = block.view(np.uint16)  # float16 in [0, 1] ⇔ bits ≤ 0x3C00 (1.0), or −0.0 (0x8000)
+                        if bits.max() > 0x3C00:
+                            outside = (bits > 0x3C00) & (bits != 0x8000)
+                            tallies[name].add(outside.any(-1) & other, start, block, outside)
+                        else:
+                            outside = None
+                        if name == "topk_prob" and (full or k > 1):
+                            sums = block[..., 0].astype(np.float32)
+                            for column in range(1, k):
+                                sums += block[..., column]
+                            wrong = np.abs(sums - 1) > prob_tol if full else sums > 1 + prob_tol
+                            if outside is not None:
+                                wrong &= ~outside.any(-1)
+                            tallies["sum"].add(wrong & other, start, sums)
+                    elif name == "flip":
+                        raw = block.view(np.uint8)
+                        if raw.max() > 1:
+                            tallies[name].add((raw > 1) & other, start, raw)
+                    elif name == "topk_idx":
+                        if block.min() < 0 or block.max() >= num_classes:
+                            outside = (block < 0) | (block >= num_classes)
+                            tallies[name].add(outside.any(-1) & other, start, block, outside)
+                    elif name == "y_s":
+                        fine = (block >= 0) & (block <= 1 + Y_S_TOLERANCE)
+                        fine |= np.isnan(block) & ~labelled[start:start + len(block), None]
+                        tallies[name].add(~fine & other, start, block)
+                    elif name == "entropy":
+                        fine = (block >= -entropy_tol) & (block <= max_entropy + entropy_tol)
+                        tallies[name].add(~fine & other, start, block)
+            if len(skipped_rows):
+                block = np.asarray(array[skipped_rows])
+                fine = no_label[name][1](block)
+                wrong = ~fine.reshape(*block.shape[:2], -1)  # [m, n, k] (k = 1 for the per-crop scalars)
+                tallies["skipped " + name].add(wrong.any(-1), 0, block, wrong if block.ndim == 3 else None,
+                                               rows=skipped_rows)
+        problems = [tally.message() for tally in tallies.values() if tally.count]
+        return problems, sum(stop - start for start, stop in spans)
 
     def image_done(self) -> np.ndarray:
         """bool ``[N]``: which images belong to finished chunks."""
@@ -185,6 +457,19 @@ class LabelStore:
             start, stop = self.chunk_bounds(chunk)
             done[start:stop] = True
         return done
+
+    @property
+    def skipped(self) -> list[dict]:
+        """The images left without labels because they could not be decoded (``on_bad_image="skip"``), as the
+        manifest lists them: ``[{"index", "id", "path", "reason", "detail"}, ...]`` in index order, ``[]`` when
+        none were skipped. Their rows hold NaN ``y_s`` and ``entropy`` and zeros elsewhere."""
+        return sorted((dict(entry) for entry in self.manifest.get("skipped") or []), key=lambda entry: entry["index"])
+
+    def skipped_mask(self) -> np.ndarray:
+        """bool ``[N]``: which images are listed as skipped (:attr:`skipped`)."""
+        mask = np.zeros(self.num_images, dtype=bool)
+        mask[[int(entry["index"]) for entry in self.manifest.get("skipped") or []]] = True
+        return mask
 
     @property
     def num_images(self) -> int:
@@ -234,14 +519,19 @@ class LabelStore:
         return dense_labels(indices, values, self.label_type, self.num_classes)
 
     def summary(self) -> dict:
+        """What the store holds; the y_s and entropy statistics are over the finished images that have labels
+        (skipped images, listed in :attr:`skipped`, are left out, as are NaN y_s of images without a class)."""
         y_s = np.asarray(self.y_s, dtype=np.float64)
         done = self.image_done()
-        labelled = y_s[done][~np.isnan(y_s[done])]
+        skipped = self.skipped_mask()
+        used = done & ~skipped
+        labelled = y_s[used][~np.isnan(y_s[used])]
         return {
             "path": str(self.path),
             "dataset": self.manifest["dataset"]["name"],
             "images": self.num_images,
             "images_done": int(done.sum()),
+            "skipped_images": int(skipped.sum()),
             "crops_per_image": self.num_crops,
             "classes": self.num_classes,
             "label_type": self.label_type.name,
@@ -252,12 +542,249 @@ class LabelStore:
             "bytes_on_disk": sum(p.stat().st_size for p in self.path.glob("*.npy")),
             "y_s_mean": float(labelled.mean()) if labelled.size else float("nan"),
             "y_s_quartiles": np.quantile(labelled, [0.25, 0.5, 0.75]).round(4).tolist() if labelled.size else [],
-            "entropy_mean": float(np.asarray(self.entropy, dtype=np.float64)[done].mean()) if done.any() else float("nan"),
+            "entropy_mean": float(np.asarray(self.entropy, dtype=np.float64)[used].mean()) if used.any() else float("nan"),
         }
 
 
 def _sha256_rows(array: np.ndarray, rows_per_block: int = 4096) -> str:
     digest = hashlib.sha256()
     for start in range(0, max(len(array), 1), rows_per_block):
-        digest.update(np.ascontiguousarray(array[start:start + rows_per_block]).tobytes())
+        digest.update(np.ascontiguousarray(array[start:start + rows_per_block]))
     return digest.hexdigest()
+
+
+# ----- checking stores
+# y_s is a float32 probability: a softmax output, or a value divided by a sum that includes it; such divisions can
+# round a hair above 1 (a few float32 steps, 2^-23 each).
+Y_S_TOLERANCE = 2.0 ** -20
+
+
+def probability_sum_tolerance(num_classes: int, k: int) -> float:
+    """How far above 1 the sum of a crop's ``k`` stored float16 probabilities (of ``num_classes``) may lie.
+
+    Each stored value is a float32 probability p rounded to float16: rounding to nearest moves it by at most half
+    a float16 step, a relative 2^-11 (≈ 4.9e-4) for normal numbers, 2^-25 absolute for subnormals (p < 2^-14).
+    So k probabilities with an exact sum s ≤ 1 sum to at most s·(1 + 2^-11) + k·2^-25 once stored, and the C
+    probabilities of a "full" label (s = 1) to 1 ± that. The float32 probabilities carry the softmax's own
+    rounding (their sum is within about C·2^-24 of 1), and the check sums the k values in float32 (k·2^-24 more):
+    2^-11 + (C + k)·2^-23 bounds all of it with a factor 2 to spare on the float32 terms.
+    """
+    return 2.0 ** -11 + (num_classes + k) * 2.0 ** -23
+
+
+class _Tally:
+    """Counts damaged crops (or images) of one check and remembers the first, for the error message."""
+
+    def __init__(self, file: str, what: str, per_crop: bool = True, label: str = "value"):
+        self.file, self.what, self.per_crop, self.label = file, what, per_crop, label
+        self.count, self.first = 0, None
+
+    def add(self, bad: np.ndarray, offset: int, values: np.ndarray, bad_values: np.ndarray | None = None,
+            rows: np.ndarray | None = None) -> None:
+        """Count ``bad`` ([rows, crops], or [rows] per image); row r is image ``offset + r``, or ``rows[r]``."""
+        count = int(np.count_nonzero(bad))
+        if not count:
+            return
+        if self.first is None:
+            index = np.unravel_index(int(np.flatnonzero(bad)[0]), bad.shape)
+            value = values[index]
+            if bad_values is not None:  # [.., k] values of a crop: show the first that is out of range
+                value = value[bad_values[index]][0]
+            image = offset + int(index[0]) if rows is None else int(rows[index[0]])
+            where = f"image {image}" + (f", crop {int(index[1])}" if self.per_crop else "")
+            self.first = f"{where}, {self.label} {_format_value(value)}"
+        self.count += count
+
+    def message(self) -> str:
+        unit = "crop" if self.per_crop else "image"
+        counted = f"1 {unit} has" if self.count == 1 else f"{self.count} {unit}s have"
+        return f"{self.file}: {counted} {self.what} (first: {self.first})"
+
+
+def _format_value(value) -> str:
+    value = value.item() if hasattr(value, "item") else value
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _merge_ranges(ranges) -> list[tuple[int, int]]:
+    merged: list[list[int]] = []
+    for start, stop in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], stop)
+        else:
+            merged.append([start, stop])
+    return [(start, stop) for start, stop in merged]
+
+
+def _verify_level(verify) -> str:
+    if verify is True:
+        return "full"
+    if verify is False:
+        return "cheap"
+    if verify not in VERIFY_LEVELS:
+        raise ValueError(f"verify must be one of {', '.join(map(repr, VERIFY_LEVELS))} (or True for 'full', False "
+                         f"for 'cheap'), got {verify!r}")
+    return verify
+
+
+def _imported(manifest: dict | None) -> bool:
+    teacher = (manifest or {}).get("teacher") if isinstance(manifest, dict) else None
+    return isinstance(teacher, dict) and str(teacher.get("spec") or "").startswith("fkd-import:")
+
+
+def _remedy(manifest: dict | None) -> str:
+    if _imported(manifest):
+        return ("Import the FKD files again with `softlab labels import-fkd` into a new folder, or restore it from "
+                "a copy.")
+    if manifest is None:
+        return ("Regenerate it with the same `softlab labels generate` command plus --overwrite (for imported "
+                "labels: `softlab labels import-fkd` into a new folder), or restore it from a copy.")
+    return ("Regenerate it with the same `softlab labels generate` command plus --overwrite (overwrite=True from "
+            "Python), or restore it from a copy.")
+
+
+def _damaged(path, problems: list[str], manifest: dict | None, hint: str | None = None) -> StoreError:
+    body = f" {problems[0]}" if len(problems) == 1 else "\n  " + "\n  ".join(problems)
+    return StoreError(f"label store {path} is damaged:{body}\n{_remedy(manifest)}" + (f" {hint}" if hint else ""))
+
+
+def _read_json(path: Path, file: str, manifest: dict | None):
+    """A store's JSON file, or a StoreError naming it (missing, unreadable, truncated or not JSON)."""
+    target = path / file
+    if not target.is_file():
+        raise _damaged(path, [f"{file} is missing"], manifest)
+    try:
+        text = target.read_text()
+    except (OSError, UnicodeDecodeError):
+        raise _damaged(path, [f"{file} is unreadable (not a text file)"], manifest) from None
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        where = f" (parsing stopped at line {error.lineno}, column {error.colno})" \
+            if isinstance(error, json.JSONDecodeError) else ""
+        state = "empty" if not text.strip() else f"truncated or not valid JSON{where}"
+        raise _damaged(path, [f"{file} is {state}"], manifest) from None
+
+
+def read_manifest(path) -> dict:
+    """``<path>/manifest.json``, checked to be a softlab label manifest this version can read."""
+    path = Path(path)
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise StoreError(f"{path} is not a label store (no manifest.json); make one with `softlab labels "
+                         "generate` or `softlab labels import-fkd`")
+    manifest = _read_json(path, "manifest.json", None)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise StoreError(f"{manifest_path} is not a softlab label manifest (format={found!r})")
+    version = manifest.get("format_version", 0)
+    if not isinstance(version, int):
+        raise _damaged(path, [f"manifest.json has format_version {version!r}, not an integer"], manifest)
+    if version > FORMAT_VERSION:
+        raise StoreError(f"{path} has format version {manifest['format_version']}; this softlab reads up to "
+                         f"{FORMAT_VERSION}: upgrade softlab")
+    return manifest
+
+
+_REQUIRED = (("dataset", "num_images"), ("dataset", "classes"), ("crops", "num_crops"), ("label", "type"),
+             ("label", "num_classes"), ("chunk_size",), ("arrays",))
+
+
+def _check_manifest(path: Path, manifest: dict) -> None:
+    """The manifest has the entries a store needs, and its arrays are those its settings imply."""
+    missing = []
+    for keys in _REQUIRED:
+        node = manifest
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is None:
+            missing.append(".".join(keys))
+    if missing:
+        raise _damaged(path, [f"manifest.json lacks {', '.join(missing)}"], manifest)
+    counts = {"dataset.num_images": (manifest["dataset"]["num_images"], 0),
+              "crops.num_crops": (manifest["crops"]["num_crops"], 1),
+              "label.num_classes": (manifest["label"]["num_classes"], 1), "chunk_size": (manifest["chunk_size"], 1)}
+    wrong = [f"{key}={value!r}" for key, (value, least) in counts.items()
+             if not isinstance(value, int) or isinstance(value, bool) or value < least]
+    if wrong:
+        raise _damaged(path, [f"manifest.json has invalid counts: {', '.join(wrong)}"], manifest)
+    try:
+        specs = array_specs(manifest["dataset"]["num_images"], manifest["crops"]["num_crops"],
+                            manifest["label"]["num_classes"], manifest["label"]["type"])
+    except (ValueError, TypeError):
+        raise _damaged(path, [f"manifest.json has an unknown label type {manifest['label']['type']!r}"],
+                       manifest) from None
+    expected = {name: {"dtype": dtype, "shape": list(shape)} for name, (dtype, shape) in specs.items()}
+    arrays = manifest["arrays"] if isinstance(manifest["arrays"], dict) else {}
+    differ = [name for name in expected if arrays.get(name) != expected[name]]
+    # arrays beyond the expected ones (from a later softlab) are mapped and checksummed, not range-checked
+    differ += [name for name, spec in arrays.items() if name not in expected and not (
+        isinstance(spec, dict) and isinstance(spec.get("dtype"), str) and isinstance(spec.get("shape"), list))]
+    if differ:
+        shown = "; ".join(f"{name}: {arrays.get(name)} instead of {expected.get(name, 'a dtype and a shape')}"
+                          for name in differ[:3])
+        raise _damaged(path, [f"manifest.json's arrays disagree with its own settings ({shown})"], manifest)
+
+
+def _check_skipped(path: Path, manifest: dict) -> None:
+    """The manifest's list of skipped images (absent: none) names each image of the store at most once."""
+    listed = manifest.get("skipped")
+    if listed is None:
+        return
+    if not isinstance(listed, list):
+        raise _damaged(path, [f"manifest.json's \"skipped\" is a JSON {type(listed).__name__}, not a list of "
+                              "skipped images"], manifest)
+    count, seen, problems = manifest["dataset"]["num_images"], set(), []
+    for position, entry in enumerate(listed):
+        index = entry.get("index") if isinstance(entry, dict) else None
+        if not isinstance(index, int) or isinstance(index, bool):
+            problems.append(f"entry {position} ({entry!r}) has no integer \"index\"")
+        elif not 0 <= index < count:
+            problems.append(f"entry {position} names image {index}, outside [0, {count})")
+        elif index in seen:
+            problems.append(f"image {index} is listed more than once")
+        else:
+            seen.add(index)
+        if len(problems) == 3:
+            break
+    if problems:
+        raise _damaged(path, [f"manifest.json's list of skipped images is invalid: {'; '.join(problems)}"],
+                       manifest)
+
+
+def _map_array(path: Path, name: str, spec: dict, mode: str, manifest: dict) -> np.ndarray:
+    """Memory-map ``<name>.npy`` after checking its header and size against the manifest's ``spec``."""
+    file = path / f"{name}.npy"
+    try:
+        dtype, shape = np.dtype(spec["dtype"]), tuple(int(size) for size in spec["shape"])
+    except (TypeError, ValueError):
+        raise _damaged(path, [f"manifest.json gives {name} an invalid dtype or shape ({spec})"], manifest) from None
+    if not file.is_file():
+        raise _damaged(path, [f"{name}.npy is missing"], manifest)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(file, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            found_shape, fortran, found_dtype = readers[version](handle)
+            offset = handle.tell()
+    except Exception:  # numpy raises ValueError for most damaged headers; KeyError, SyntaxError… for odd bytes
+        raise _damaged(path, [f"{name}.npy has a damaged header: it cannot be read as a .npy file"],
+                       manifest) from None
+    if found_dtype != dtype or tuple(found_shape) != shape or fortran:
+        order = ", Fortran order" if fortran else ""
+        raise _damaged(path, [f"{name}.npy holds {found_dtype} {tuple(found_shape)}{order}; the manifest expects "
+                              f"{dtype} {shape}"], manifest)
+    expected = offset + dtype.itemsize * math.prod(shape)
+    size = file.stat().st_size
+    if size < expected:
+        raise _damaged(path, [f"{name}.npy is truncated: {size:,} bytes, expected {expected:,}"], manifest)
+    return np.memmap(file, dtype=dtype, mode=mode, offset=offset, shape=shape, order="C")
+
+
+def _read_image_ids(path: Path, manifest: dict) -> list[str]:
+    image_ids = _read_json(path, "image_ids.json", manifest)
+    count = manifest["dataset"]["num_images"]
+    if not isinstance(image_ids, list) or len(image_ids) != count or not all(isinstance(i, str) for i in image_ids):
+        found = f"{len(image_ids)} entries" if isinstance(image_ids, list) else f"a JSON {type(image_ids).__name__}"
+        raise _damaged(path, [f"image_ids.json holds {found}; the manifest expects {count} image names"], manifest)
+    return image_ids

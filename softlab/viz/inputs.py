@@ -35,11 +35,20 @@ def calibration_of(calibration) -> Calibration:
     return calibration if calibration is not None else Calibration()
 
 
+def check_has_labels(store: LabelStore, index: int) -> None:
+    """Raise a clear error for an image the store lists as skipped (undecodable at generation: no labels)."""
+    for entry in getattr(store, "skipped", None) or []:
+        if int(entry["index"]) == index:
+            raise ValueError(f"image {index} ({entry.get('path') or entry.get('id')}) was skipped when the labels "
+                             f"were generated ({entry.get('reason', 'undecodable')}): it has no labels to show")
+
+
 def image_categories(store: LabelStore, index: int, calibration) -> np.ndarray:
     """int8 ``[n]``: FerKD category of each crop of image ``index``.
 
     Computed for that image alone (quantile thresholds are per image, so this equals the store-wide result).
     """
+    check_has_labels(store, index)
     return categorise(image_y_s(store, index)[None], calibration_of(calibration))[0]
 
 

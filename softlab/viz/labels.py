@@ -9,17 +9,22 @@ from ..labels.store import LabelStore
 from .colors import CATEGORY_COLORS, category_legend
 from .crops import image_title
 from .images import short_name
-from .inputs import calibration_of, store_categories
+from .inputs import calibration_of, check_has_labels, store_categories
 from .stats import histogram_data, non_target_mass, topk_label_data
 
 THRESHOLD_NAMES = ("T_L", "T_M", "T_T")
 
 
 def _selection(store: LabelStore, index) -> np.ndarray:
-    """Image indices of one image, or of every finished image of the store."""
+    """Image indices of one image, or of every finished image of the store that has labels (images skipped at
+    generation, being undecodable, have none)."""
     if index is not None:
+        check_has_labels(store, int(index))
         return np.array([int(index)])
-    return np.flatnonzero(store.image_done())
+    done = store.image_done()
+    if hasattr(store, "skipped_mask"):
+        done &= ~store.skipped_mask()
+    return np.flatnonzero(done)
 
 
 def category_bar_traces(hist: dict) -> list[dict]:
