@@ -32,6 +32,17 @@ def _add_teacher_commands(sub) -> None:
     evaluate.set_defaults(func=cmd_teacher_eval)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value} (leave the option out for its default)")
+    return value
+
+
 def _add_label_commands(sub) -> None:
     labels = sub.add_parser("labels", help="region soft labels: generate, inspect, import/export FKD format")
     commands = labels.add_subparsers(dest="action", required=True)
@@ -43,25 +54,32 @@ def _add_label_commands(sub) -> None:
     gen.add_argument("--teacher", default=DEFAULT_TEACHER, help="teacher spec (see `softlab teacher list`)")
     gen.add_argument("--teacher-weights", default=None, help="local weights file for a timm:/torchvision: teacher")
     gen.add_argument("--out", required=True, help="store folder; rerun the same command to resume")
-    gen.add_argument("--crops", type=int, default=None, help="crops per image (default: the data set's)")
+    gen.add_argument("--crops", type=_positive_int, default=None, help="crops per image (default: the data set's)")
     gen.add_argument("--label-type", default="marginal_smoothing_k5")
     gen.add_argument("--temperature", type=float, default=1.0)
     gen.add_argument("--scale", type=float, nargs=2, default=(0.08, 0.936), metavar=("MIN", "MAX"))
     gen.add_argument("--ratio", type=float, nargs=2, default=(3 / 4, 4 / 3), metavar=("MIN", "MAX"))
     gen.add_argument("--flip-p", type=float, default=0.5)
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--chunk-size", type=int, default=None, help="images per resumable chunk")
-    gen.add_argument("--batch-size", type=int, default=256, help="crops per teacher forward")
+    gen.add_argument("--chunk-size", type=_positive_int, default=None, help="images per resumable chunk")
+    gen.add_argument("--batch-size", type=_positive_int, default=256, help="crops per teacher forward")
     gen.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing store with other settings")
+    gen.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
+                     help="an image that cannot be decoded: stop naming it (fail, the default), or leave it without "
+                          "labels, list it in the manifest and report it (skip)")
     gen.set_defaults(func=cmd_labels_generate)
     inspect = commands.add_parser("inspect", help="summarise a store, or show one image's crops")
     inspect.add_argument("store")
     inspect.add_argument("--image", type=int, default=None, help="show this image's crops")
     inspect.add_argument("--crops", type=int, default=10, help="how many crops to show with --image")
-    inspect.add_argument("--verify", action="store_true", help="recompute and check the checksums")
+    inspect.add_argument("--verify", action="store_true", help="verify the store first (as `labels verify`)")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(func=cmd_labels_inspect)
+    verify = commands.add_parser("verify", help="check a store: files, value ranges, chunk markers and checksums")
+    verify.add_argument("store")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(func=cmd_labels_verify)
     imp = commands.add_parser("import-fkd", help="import a folder of FKD .tar soft-label files")
     imp.add_argument("folder")
     imp.add_argument("--out", required=True)
@@ -126,12 +144,13 @@ def cmd_teacher_list(args) -> int:
 def cmd_teacher_eval(args) -> int:
     from .data import load_dataset
     from .teachers import create_teacher
-    from .teachers.fashion_mnist import evaluate_classifier
+    from .teachers.base import eval_transform, evaluate_classifier
 
     dataset = load_dataset(args.data, limit=args.limit)
     teacher = create_teacher(args.spec, weights=args.teacher_weights)
     accuracy = evaluate_classifier(teacher, dataset)
-    print(f"{teacher.spec} on {dataset.name}: top-1 {accuracy:.4f} ({len(dataset)} images)")
+    print(f"{teacher.spec} on {dataset.name}: top-1 {accuracy:.4f} ({len(dataset)} images; "
+          f"{eval_transform(teacher).describe()})")
     return 0
 
 
@@ -139,17 +158,25 @@ def cmd_teacher_eval(args) -> int:
 def cmd_labels_generate(args) -> int:
     from .data import load_dataset
     from .data.crops import CropParams
+    import warnings
+
     from .labels import generate_labels
+    from .labels.generate import SkippedImagesWarning, describe_skipped, skipped_images
     from .teachers import create_teacher
 
     dataset = load_dataset(args.data, root=args.root, download=args.download, limit=args.limit)
     teacher = create_teacher(args.teacher, weights=args.teacher_weights)
     params = CropParams(scale=tuple(args.scale), ratio=tuple(args.ratio), flip_p=args.flip_p)
-    store = generate_labels(dataset, teacher, args.out, num_crops=args.crops, label_type=args.label_type,
-                            temperature=args.temperature, crop_params=params, seed=args.seed,
-                            chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
-                            overwrite=args.overwrite)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedImagesWarning)  # reported below, after the summary
+        store = generate_labels(dataset, teacher, args.out, num_crops=args.crops, label_type=args.label_type,
+                                temperature=args.temperature, crop_params=params, seed=args.seed,
+                                chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
+                                overwrite=args.overwrite, on_bad_image=args.on_bad_image)
     _print_summary(store.summary())
+    skipped = skipped_images(store)
+    if skipped:
+        print(describe_skipped(skipped, store.num_images, store.path / "manifest.json"))
     return 0
 
 
@@ -162,10 +189,9 @@ def _print_summary(summary: dict) -> None:
 def cmd_labels_inspect(args) -> int:
     from .labels import LabelStore
 
-    store = LabelStore.open(args.store, allow_partial=True)
+    store = LabelStore.open(args.store, allow_partial=True, verify="none" if args.verify else "auto")
     if args.verify:
-        store.verify()
-        print("checksums OK")
+        _print_verify_report(store.verify("full"))
     if args.image is None:
         summary = store.summary()
         print(json.dumps(summary, indent=2)) if args.json else _print_summary(summary)
@@ -176,7 +202,44 @@ def cmd_labels_inspect(args) -> int:
     return 0
 
 
+def cmd_labels_verify(args) -> int:
+    from .labels import LabelStore
+
+    store = LabelStore.open(args.store, allow_partial=True, verify="none")
+    report = store.verify("full")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_verify_report(report)
+    return 0
+
+
+def _print_verify_report(report: dict) -> None:
+    state = "complete" if report["complete"] else "incomplete"
+    print(f"label store {report['store']}: {state}, {report['images']} images x {report['crops_per_image']} crops, "
+          f"{report['label_type']}")
+    print(f"  files      {len(report['arrays'])} arrays ({', '.join(report['arrays'])}) and image_ids.json match "
+          "the manifest")
+    print(f"  values     {report['crops_checked']} crops of {report['images_checked']} finished images in range")
+    print(f"  markers    {report['chunks_finished']}/{report['chunks']} chunk markers present, "
+          f"{report['chunk_digests_checked']} chunks' rows match their sha256")
+    print(f"  checksums  {report['checksums']}")
+    pending = "" if report["complete"] else \
+        f" (incomplete: {report['chunks_finished']}/{report['chunks']} chunks finished)"
+    print(f"OK: {report['images_checked']} images, {report['crops_checked']} crops, {len(report['arrays'])} arrays "
+          f"verified{pending}")
+
+
 def _print_image(store, image: int, count: int, as_json: bool) -> None:
+    from .labels import StoreError
+
+    chunk = store.chunk_of(image)
+    if chunk not in store.finished_chunks():
+        start, stop = store.chunk_bounds(chunk)
+        done = len(store.finished_chunks())
+        raise StoreError(f"image {image}'s labels are not generated yet: its chunk {chunk} (images {start}-"
+                         f"{stop - 1}) is not finished in {store.path} ({done}/{store.num_chunks} chunks written); "
+                         f"{store.resume_hint}")
     coords, flips = store.crops(image)
     target = int(store.targets[image])
     crops = np.arange(min(count, store.num_crops))
@@ -247,6 +310,9 @@ def print_calibration_table(stats: dict, per_class: bool = False) -> None:
             print(f"{name[:15]:<16}" + "".join(f"{row['counts'][c]:>9} {row['fractions'][c]:>5.1%}" for c in CATEGORIES))
     print(f"kept for training: {stats['kept_fraction']:.1%}; images with no kept crop: "
           f"{stats['images_without_kept_crops']}")
+    if stats.get("skipped_images"):
+        print(f"skipped images: {stats['skipped_images']} (undecodable when the labels were generated: no labels, "
+              "not counted above, never trained on)")
 
 
 def main(argv=None) -> int:
@@ -256,7 +322,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+        # RuntimeError covers softlab's StoreError and TrainingDivergedError; the messages say what to do
         print(f"error: {error}", file=sys.stderr)
         return 2
 

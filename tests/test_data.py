@@ -76,3 +76,21 @@ def test_unknown_dataset_and_bad_limit():
         load_dataset("photos", limit=0)
     with pytest.raises(IndexError, match="out of range"):
         load_dataset("photos")[99]
+
+
+def test_folders_without_the_image_folder_layout_say_what_is_expected(tmp_path):
+    from softlab.data import MissingDatasetError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"image folder .*empty has no class sub-folders; expected "
+                                                r"<root>/<class_dir>/<image files>"):
+        load_dataset(str(tmp_path / "empty"))
+    (tmp_path / "texts" / "cat").mkdir(parents=True)
+    (tmp_path / "texts" / "cat" / "notes.txt").write_text("no images here")
+    with pytest.raises(FileNotFoundError, match=r"texts has no image files in its class sub-folders"):
+        load_dataset(str(tmp_path / "texts"))
+    (tmp_path / "photo.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"photo\.png is a file, not an image folder"):
+        load_dataset(str(tmp_path / "photo.png"))
+    with pytest.raises(MissingDatasetError, match="does not exist"):
+        ImageFolderDataset(tmp_path / "nowhere")

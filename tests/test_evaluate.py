@@ -65,3 +65,28 @@ def test_evaluate_a_teacher_and_agreement_with_itself():
     assert most - fewest <= 2 and fewest <= round(result["top1"] * 20) <= most
     assert (images.targets == torch.arange(20) % 6).all()
     assert set(result["reliability"]) == {"bin_edges", "bin_confidence", "bin_accuracy", "bin_count"}
+
+
+def test_a_timm_teacher_is_evaluated_on_its_own_centre_crop_of_each_photo():
+    from torchvision.transforms import v2
+
+    from softlab.data import load_dataset
+    from softlab.teachers import TeacherUnavailableError, create_teacher
+
+    try:
+        teacher = create_teacher("efficientnet_lite0")
+    except TeacherUnavailableError as error:
+        pytest.skip(str(error))
+    photos = load_dataset("photos", limit=3)
+    images = EvalImages.for_classifier(photos, teacher)
+    # timm's recipe for tf_efficientnet_lite0 (224 px, crop_pct 0.875), written with torchvision: short side to
+    # floor(224 / 0.875) = 256, bicubic antialiased, centre crop 224
+    reference = v2.Compose([v2.ToDtype(torch.float32, scale=True),
+                            v2.Resize(256, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+                            v2.CenterCrop(224)])
+    for index in range(3):
+        expected = (reference(photos[index][0]).clamp(0, 1) * 255).round().to(torch.uint8)
+        # ≤ 1 grey level apart: rounding float results that may differ in the last bit
+        assert (images.images[index].int() - expected.int()).abs().max() <= 1
+    squashed = EvalImages(photos, (224, 224))
+    assert not torch.equal(images.images, squashed.images)  # the whole photo resized is another picture

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,78 @@ def test_full_labels_cannot_be_exported(tmp_path):
                             progress=False)
     with pytest.raises(StoreError, match="no 'full' label type"):
         export_fkd(store, tmp_path / "fkd", progress=False)
+
+
+def _fkd_image_folder(root, names):
+    """``<root>/train/<class>/<name>`` small RGB images, as FKD's ImageNet folders are laid out."""
+    rng = np.random.default_rng(1)
+    from PIL import Image
+
+    for name in names:
+        path = root / "train" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(path)
+    return root / "train"
+
+
+def _fkd_label_path(softlabel_path, image_path):
+    # FKD's trainer (ImageFolder_FKD_MIX.__getitem__): the last three path parts, cut at the first dot, + '.tar'
+    import os
+
+    return os.path.join(str(softlabel_path), "/".join(str(image_path).split("/")[-3:]).split(".")[0] + ".tar")
+
+
+def test_files_are_named_the_way_fkds_trainer_looks_for_them(tmp_path):
+    from softlab.data import ImageFolderDataset
+
+    train = _fkd_image_folder(tmp_path / "imagenet", ["cat/a.b.png", "cat/c.png", "dog/d.e.f.jpg"])
+    dataset = ImageFolderDataset(train)
+    store = generate_labels(dataset, LinearTeacher(num_classes=2), tmp_path / "s", num_crops=3,
+                            label_type="marginal_smoothing_k1", progress=False, device="cpu")
+    assert store.image_ids == ["cat/a.b", "cat/c", "dog/d.e.f"]  # image ids keep their stems, as before
+    assert export_fkd(store, tmp_path / "fkd", progress=False) == 3
+    written = sorted(p.relative_to(tmp_path / "fkd").as_posix() for p in (tmp_path / "fkd").rglob("*.tar"))
+    assert written == ["train/cat/a.tar", "train/cat/c.tar", "train/dog/d.tar"]
+    for image_path, _ in dataset.dataset.samples:  # where FKD's trainer will look for each image's labels
+        assert Path(_fkd_label_path(tmp_path / "fkd", image_path)).is_file(), image_path
+
+    back = import_fkd(tmp_path / "fkd", tmp_path / "back", dataset=dataset, progress=False)
+    assert back.image_ids == store.image_ids and back.targets.tolist() == store.targets.tolist()
+    np.testing.assert_array_equal(back.coords[:], store.coords[:])
+    np.testing.assert_array_equal(back.topk_idx[:], store.topk_idx[:])
+    np.testing.assert_array_equal(back.topk_prob[:], store.topk_prob[:])
+
+
+def test_files_of_an_older_export_still_match_their_images(tmp_path):
+    # earlier exports kept all but the last suffix of an image's name (cat/a.b.tar for cat/a.b.c.png)
+    from softlab.data import ImageFolderDataset
+
+    dataset = ImageFolderDataset(_fkd_image_folder(tmp_path / "images", ["cat/a.b.c.png", "dog/e.png"]))
+    for key in ("cat/a.b", "dog/e"):
+        (tmp_path / "fkd" / "train" / key).parent.mkdir(parents=True, exist_ok=True)
+        torch.save([np.zeros((2, 4), np.float32), np.zeros(2, bool), np.array([0, 1])],
+                   tmp_path / "fkd" / "train" / f"{key}.tar")
+    store = import_fkd(tmp_path / "fkd", tmp_path / "store", dataset=dataset, progress=False)
+    assert store.image_ids == ["cat/a.b.c", "dog/e"]
+
+
+def test_two_images_sharing_an_fkd_file_name_are_an_error(tmp_path):
+    from softlab.data import ImageFolderDataset
+
+    dataset = ImageFolderDataset(_fkd_image_folder(tmp_path / "images", ["cat/a.b.png", "cat/a.c.png", "dog/d.png"]))
+    store = generate_labels(dataset, LinearTeacher(num_classes=2), tmp_path / "s", num_crops=2, label_type="hard",
+                            progress=False, device="cpu")
+    with pytest.raises(StoreError, match=r"images 'cat/a\.b' and 'cat/a\.c' both map to FKD's label file cat/a\.tar"):
+        export_fkd(store, tmp_path / "fkd", progress=False)
+    assert not (tmp_path / "fkd").exists()  # nothing was written, nothing overwritten
+    for key in ("cat/a", "dog/d"):
+        (tmp_path / "zoo" / "train" / key).parent.mkdir(parents=True, exist_ok=True)
+        torch.save([np.zeros((2, 4), np.float32), np.zeros(2, bool), np.array([0, 1])],
+                   tmp_path / "zoo" / "train" / f"{key}.tar")
+    with pytest.raises(StoreError, match=r"images 'cat/a\.b' and 'cat/a\.c' both map to FKD's label file cat/a\.tar"):
+        import_fkd(tmp_path / "zoo", tmp_path / "back", dataset=dataset, progress=False)
+    torch.save([np.zeros((2, 4), np.float32), np.zeros(2, bool), np.array([0, 1])],
+               tmp_path / "zoo" / "train" / "dog" / "d.x.tar")
+    single = ImageFolderDataset(_fkd_image_folder(tmp_path / "one", ["cat/a.png", "dog/d.png"]))
+    with pytest.raises(StoreError, match=r"FKD files 'dog/d' and 'dog/d\.x' both map to FKD's label file dog/d\.tar"):
+        import_fkd(tmp_path / "zoo", tmp_path / "back2", dataset=single, progress=False)

@@ -99,8 +99,10 @@ def test_efficientnet_lite0_probe_on_photos():
     assert photos.name == "photos"
     images = []
     for i in range(4):
-        image = F.resize(photos[i][0].float() / 255, [224, 224], interpolation=InterpolationMode.BICUBIC,
+        # timm's evaluation recipe for this teacher: short side to floor(224 / 0.875) = 256, centre crop 224
+        image = F.resize(photos[i][0].float() / 255, [256], interpolation=InterpolationMode.BICUBIC,
                          antialias=True)
+        image = F.center_crop(image, [224, 224])
         images.append((image.clamp(0, 1) * 255).round().to(torch.uint8))
     with torch.no_grad():
         logits = teacher(torch.stack(images).float() / 255)

@@ -1,11 +1,12 @@
 """Data sources: Fashion-MNIST, the real-photo pack, image folders and any torchvision-style dataset."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from .base import ImageDataset, SubsetDataset, to_uint8_image
+from .base import BadImageError, ImageDataset, SubsetDataset, to_uint8_image
 from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES, MissingDatasetError, fashion_mnist
-from .folder import ImageFolderDataset, WrappedDataset
+from .folder import FOLDER_LAYOUT, ImageFolderDataset, WrappedDataset
 from .photos import PhotoPack, imagenet_class_names
 
 DATASETS = ("fashion-mnist", "fashion-mnist:test", "photos", "photos:all")
@@ -38,12 +39,23 @@ def _resolve(spec, root, download) -> ImageDataset:
         return fashion_mnist("test", root=root, download=download)
     if text in ("photos", "photos:all"):
         return PhotoPack(include_unlabelled=text == "photos:all")
-    if Path(text).is_dir():
-        return ImageFolderDataset(text)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return ImageFolderDataset(path)
+    if _looks_like_path(text):
+        if path.exists():
+            raise ValueError(f"data path {text} is a file, not an image folder ({FOLDER_LAYOUT})")
+        raise MissingDatasetError(f"data path {text} does not exist; give an image folder ({FOLDER_LAYOUT}) "
+                                  f"or one of {', '.join(DATASETS)}")
     raise ValueError(f"unknown dataset {text!r}: use one of {', '.join(DATASETS)} or a path to an image folder "
                      "(<root>/<class_dir>/<images>)")
 
 
-__all__ = ["ImageDataset", "SubsetDataset", "WrappedDataset", "ImageFolderDataset", "PhotoPack", "fashion_mnist",
-           "load_dataset", "imagenet_class_names", "MissingDatasetError", "FASHION_MNIST_CLASSES", "to_uint8_image",
-           "DATASETS"]
+def _looks_like_path(text: str) -> bool:
+    separators = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
+    return any(sep in text for sep in separators) or text.startswith((".", "~"))
+
+
+__all__ = ["BadImageError", "ImageDataset", "SubsetDataset", "WrappedDataset", "ImageFolderDataset", "PhotoPack",
+           "fashion_mnist", "load_dataset", "imagenet_class_names", "MissingDatasetError", "FASHION_MNIST_CLASSES",
+           "to_uint8_image", "DATASETS"]

@@ -10,6 +10,40 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 
+class BadImageError(ValueError):
+    """One image of a data set cannot be decoded (not an image, truncated, missing, corrupt).
+
+    The message names the image (its file relative to the folder, where it has one, and its index) and the cause.
+    ``index``, ``path`` (relative file name or None), ``reason`` (short: "not an image", "truncated", …) and
+    ``detail`` (the decoder's own message) are kept as attributes.
+    """
+
+    def __init__(self, message: str, index: int | None = None, path: str | None = None, reason: str = "unreadable",
+                 detail: str = ""):
+        super().__init__(message)
+        self.index, self.path, self.reason, self.detail = index, path, reason, detail
+
+    def __reduce__(self):
+        return type(self), (str(self), self.index, self.path, self.reason, self.detail)
+
+
+def describe_decode_error(error: BaseException) -> tuple[str, str]:
+    """(short reason, detail) for an exception raised while decoding one image file."""
+    from PIL import Image, UnidentifiedImageError
+
+    detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image", "PIL cannot identify its format"
+    if isinstance(error, FileNotFoundError):
+        return "missing", "the file was removed after the folder was listed"
+    if isinstance(error, Image.DecompressionBombError):
+        return "too large", detail
+    if isinstance(error, (OSError, EOFError)) and ("truncated" in detail or "broken data stream" in detail
+                                                   or isinstance(error, EOFError)):
+        return "truncated", detail
+    return "corrupt", f"{type(error).__name__}: {detail}"
+
+
 @dataclass
 class ImageDataset:
     """Images as uint8 ``tv_tensors.Image`` ``[C, H, W]`` with integer targets (``-1`` = no label).
@@ -45,13 +79,21 @@ class ImageDataset:
         return f"{index:08d}"
 
     def fingerprint(self, samples: int = 32) -> str:
-        """sha256 over name, size, classes, all targets and the pixels of up to ``samples`` evenly spaced images."""
+        """sha256 over name, size, classes, all targets and the pixels of up to ``samples`` evenly spaced images.
+
+        A sampled image that cannot be decoded (:class:`BadImageError`) enters as a fixed marker, so the
+        fingerprint exists for any folder; the error itself surfaces where the image is used.
+        """
         digest = hashlib.sha256()
         digest.update(f"{self.name}|{len(self)}|{'|'.join(self.classes)}".encode())
         digest.update(np.asarray(self.targets, dtype=np.int64).tobytes())
         if len(self):
             for index in np.unique(np.linspace(0, len(self) - 1, num=min(samples, len(self))).astype(int)):
-                digest.update(self.load_image(int(index)).numpy().tobytes())
+                try:
+                    pixels = self.load_image(int(index)).numpy().tobytes()
+                except BadImageError:
+                    pixels = b"<undecodable image>"
+                digest.update(pixels)
         return digest.hexdigest()
 
     def subset(self, indices) -> "SubsetDataset":

@@ -13,8 +13,7 @@ def evaluate(model, data, reference=None, batch_size: int = 1000, device=None, p
     ``reference`` is another classifier (e.g. the teacher) or its predictions ``[N]`` on the same images, for
     the agreement rate.
     """
-    images = data if isinstance(data, EvalImages) else EvalImages(data, model.input_size[1:],
-                                                                  getattr(model, "interpolation", "bicubic"))
+    images = data if isinstance(data, EvalImages) else EvalImages.for_classifier(data, model)
     logits = predict(model, images, batch_size, device, progress=progress)
     if reference is not None and not hasattr(reference, "forward"):
         reference_predictions = reference

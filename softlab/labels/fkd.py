@@ -1,7 +1,9 @@
 """Interop with FKD's soft-label files (one ``torch.save([coords, flip, labels])`` ``.tar`` per image).
 
 FKD ("A Fast Knowledge Distillation Framework for Visual Recognition", Shen & Xing, ECCV 2022) and its published
-soft-label zoo store, for an image with n crops, at ``<root>/train/<class_dir>/<image_stem>.tar``:
+soft-label zoo store, for an image with n crops, at ``<root>/train/<class_dir>/<image_stem>.tar``, where FKD's
+image stem is the part of the file name before its FIRST dot (``name.split('.')[0]``: ``a.b.png`` → ``a.tar``;
+FKD's trainer applies the split to ``train/<class_dir>/<name>``, so class folders must not contain dots):
 ``coords`` float ``[n, 4]`` (i/H, j/W, h/H, w/W), ``flip`` bool ``[n]`` and ``labels``: ``hard`` ``[n]`` class
 indices, ``smoothing`` ``[n, 2]`` (index, prob), ``marginal_*`` ``[n, 2, k]`` (row 0: top-k indices stored as
 floats, row 1: their probabilities); float32, or float16 with FKD's ``--use_fp16``.
@@ -78,6 +80,28 @@ def join_fkd_labels(indices: np.ndarray, probs: np.ndarray, label_type: LabelTyp
     return np.stack([indices.astype(np.float64), probs.astype(np.float64)], axis=1).astype(dtype)
 
 
+def fkd_key(image_id: str) -> str:
+    """FKD's name for an image's label file, without ``.tar``: ``<folders>/<name before its first dot>``.
+
+    ``cat/a.b.png``, ``cat/a.b`` (a folder image's id) and ``cat/a`` all give ``cat/a``.
+    """
+    path = Path(image_id)
+    return (path.parent / path.name.split(".")[0]).as_posix()
+
+
+def _unique_keys(names: list[str], what: str) -> list[str]:
+    """FKD keys of ``names``; two names with the same key would share one file: an error naming both."""
+    keys, seen = [], {}
+    for name in names:
+        key = fkd_key(name)
+        if key in seen:
+            raise StoreError(f"{what} {seen[key]!r} and {name!r} both map to FKD's label file {key}.tar (FKD names "
+                             "a label file by the image name up to its first dot); rename one of them")
+        seen[key] = name
+        keys.append(key)
+    return keys
+
+
 def _fkd_root(folder: Path) -> Path:
     return folder / "train" if (folder / "train").is_dir() else folder
 
@@ -94,19 +118,20 @@ def import_fkd(folder, out, dataset=None, label_type=None, num_classes: int | No
                chunk_size: int = 256, progress: bool = True) -> LabelStore:
     """Import a folder of FKD ``.tar`` files into a new label store at ``out``.
 
-    With ``dataset`` (e.g. the ImageFolder the labels were made for) images are matched by their relative path
-    ``<class_dir>/<stem>`` and every image must have a file and every file an image. Without it, images are the
-    files in sorted order, their classes the sorted class folders (ImageFolder's convention).
+    With ``dataset`` (e.g. the ImageFolder the labels were made for) images are matched as FKD's trainer finds
+    them, by ``<class_dir>/<name up to its first dot>`` (:func:`fkd_key`); every image must have a file and every
+    file an image, and the store keeps the dataset's image ids. Without it, images are the files in sorted order
+    (ids: their paths without ``.tar``), their classes the sorted class folders (ImageFolder's convention).
     """
     folder, out = Path(folder), Path(out)
     files = _scan(folder)
     classes_file = _fkd_root(folder) / CLASSES_FILE
-    keys, targets, classes = _match_images(files, dataset, class_names,
-                                           classes_file if classes_file.is_file() else None)
+    keys, paths, targets, classes = _match_images(files, dataset, class_names,
+                                                  classes_file if classes_file.is_file() else None)
     num_classes = num_classes or len(classes)
     if len(classes) != num_classes:
         classes = [str(c) for c in range(num_classes)]
-    first_coords, _, first_labels = load_fkd_file(files[keys[0]])
+    first_coords, _, first_labels = load_fkd_file(paths[0])
     label_type = parse_label_type(label_type) if label_type else infer_label_type(first_labels)
     num_crops = len(first_coords)
     digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()
@@ -127,8 +152,7 @@ def import_fkd(folder, out, dataset=None, label_type=None, num_classes: int | No
     bar = tqdm(total=len(keys), unit="img", desc="import FKD", disable=not progress)
     for chunk in range(store.num_chunks):
         start, stop = store.chunk_bounds(chunk)
-        rows = [_read_image(files[key], label_type, num_crops, num_classes, int(targets[i]))
-                for i, key in zip(range(start, stop), keys[start:stop])]
+        rows = [_read_image(paths[i], label_type, num_crops, num_classes, int(targets[i])) for i in range(start, stop)]
         store.write_chunk(chunk, {name: np.stack([row[name] for row in rows]) for name in rows[0]})
         bar.update(stop - start)
     bar.close()
@@ -137,6 +161,7 @@ def import_fkd(folder, out, dataset=None, label_type=None, num_classes: int | No
 
 
 def _match_images(files: dict, dataset, class_names, classes_file: Path | None = None):
+    """→ (image ids, their files, targets, class names)."""
     if dataset is None:
         keys = sorted(files)
         class_dirs = sorted({Path(key).parent.as_posix() for key in keys})
@@ -147,17 +172,21 @@ def _match_images(files: dict, dataset, class_names, classes_file: Path | None =
             if unknown:
                 raise StoreError(f"{len(unknown)} files (e.g. {unknown[:3]}) are not listed in {classes_file}")
             targets = np.array([saved["targets"][key] for key in keys], dtype=np.int64)
-            return keys, targets, list(class_names or saved["classes"])
+            return keys, [files[key] for key in keys], targets, list(class_names or saved["classes"])
         targets = np.array([lookup[Path(key).parent.as_posix()] for key in keys], dtype=np.int64)
-        return keys, targets, list(class_names or class_dirs)
-    keys = [str(Path(dataset.image_id(i)).with_suffix("")) for i in range(len(dataset))]
+        return keys, [files[key] for key in keys], targets, list(class_names or class_dirs)
+    image_ids = [dataset.image_id(i) for i in range(len(dataset))]
+    keys = _unique_keys(image_ids, "images")
+    # files named by FKD's rule, or by an older export that kept all but the last suffix: both give the FKD key
+    files = dict(zip(_unique_keys(list(files), "FKD files"), files.values()))
     missing = [key for key in keys if key not in files]
     extra = sorted(set(files) - set(keys))
     if missing or extra:
         raise StoreError(f"FKD files and {dataset.name} disagree: {len(missing)} images have no .tar "
                          f"(e.g. {missing[:3]}), {len(extra)} .tar files match no image (e.g. {extra[:3]}). "
                          "Point at the folder the labels were generated for, or import without a dataset.")
-    return keys, np.asarray(dataset.targets, dtype=np.int64), list(class_names or dataset.classes)
+    return (image_ids, [files[key] for key in keys], np.asarray(dataset.targets, dtype=np.int64),
+            list(class_names or dataset.classes))
 
 
 def _read_image(path: Path, label_type: LabelType, num_crops: int, num_classes: int, target: int) -> dict:
@@ -182,29 +211,41 @@ def _read_image(path: Path, label_type: LabelType, num_crops: int, num_classes: 
 def export_fkd(store: LabelStore, folder, fp16: bool = False, progress: bool = True) -> int:
     """Write ``store`` as FKD ``.tar`` files under ``<folder>/train/`` → number of files written.
 
-    Images whose id has a folder part keep it (``<class_dir>/<stem>``); others go under their class name.
-    ``classes.json`` beside them records the class names and each file's class, which :func:`import_fkd` restores.
+    Files are named as FKD's trainer looks for them (:func:`fkd_key`): ``<class_dir>/<name up to its first
+    dot>.tar``. Images whose id has a folder part keep it; others go under their class name. Two images that
+    would share a file raise :class:`StoreError` before anything is written. Images left without labels at
+    generation (``on_bad_image="skip"``) get no file. ``classes.json`` beside the files records the class names
+    and each file's class, which :func:`import_fkd` restores.
     """
+    from .generate import skipped_images
+
     if store.label_type.kind == "full":
         raise StoreError("FKD has no 'full' label type: generate with hard, smoothing or marginal_* to export")
     root = Path(folder) / "train"
     names = store.class_names
+    skipped = {int(entry["index"]) for entry in skipped_images(store)}
+    images = [image for image in range(store.num_images) if image not in skipped]
+    relatives = []
+    for image in images:
+        image_id, target = store.image_ids[image], int(store.targets[image])
+        if Path(image_id).parent == Path("."):
+            image_id = f"{_safe(names[target] if target >= 0 else 'unlabelled')}/{image_id}"
+        relatives.append(image_id)
+    keys = _unique_keys(relatives, "images")
     targets = {}
-    for image in tqdm(range(store.num_images), unit="img", desc="export FKD", disable=not progress):
-        relative = Path(store.image_ids[image]).with_suffix("")
-        if relative.parent == Path("."):
-            target = int(store.targets[image])
-            relative = Path(_safe(names[target] if target >= 0 else "unlabelled")) / relative
-        targets[relative.as_posix()] = int(store.targets[image])
+    for image, key in zip(tqdm(images, unit="img", desc="export FKD", disable=not progress), keys):
+        targets[key] = int(store.targets[image])
         indices, probs = store.raw(image, np.arange(store.num_crops))
         coords = np.asarray(store.coords[image], dtype=np.float16 if fp16 else np.float32)
         labels = join_fkd_labels(indices.numpy(), probs.numpy(), store.label_type, fp16)
-        path = root / relative.parent / f"{relative.name}.tar"
+        path = root / f"{key}.tar"
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save([coords, np.asarray(store.flip[image], dtype=bool), labels], path)
+    root.mkdir(parents=True, exist_ok=True)
     (root / CLASSES_FILE).write_text(json.dumps({"classes": names, "targets": targets}, indent=1))
-    return store.num_images
+    return len(images)
 
 
 def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    """A class name as a folder name FKD can use (no dots: FKD cuts label paths at the first dot)."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)

@@ -2,22 +2,60 @@
 from __future__ import annotations
 
 import contextlib
+import operator
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.base import ImageDataset
+from ..data.base import BadImageError, ImageDataset
 from ..data.crops import CropParams, cut_crops, sample_crops
 from .quantize import entropy, parse_label_type, quantize
-from .store import LabelStore, StoreError
+from .store import LabelStore, StoreError, write_json_atomic
 
 # A store made with these settings can be resumed only with the same values.
 _RESUME_KEYS = (("dataset", "fingerprint"), ("dataset", "num_images"), ("teacher", "spec"),
                 ("teacher", "weights_sha256"), ("crops",), ("label",), ("chunk_size",))
+
+
+BAD_IMAGE_MODES = ("fail", "skip")
+
+
+class SkippedImagesWarning(UserWarning):
+    """Some images could not be decoded and were left without labels (``on_bad_image="skip"``)."""
+
+
+def skipped_images(store) -> list[dict]:
+    """The images a generation left without labels because they could not be decoded, from the manifest:
+    ``[{"index", "id", "path", "reason", "detail"}, ...]`` in index order (empty when none were skipped);
+    the same as :attr:`LabelStore.skipped <softlab.labels.LabelStore.skipped>`.
+
+    Their rows hold no labels: ``y_s`` and ``entropy`` are NaN, probabilities, class indices and crop
+    coordinates are 0 and flips False."""
+    return store.skipped
+
+
+def describe_skipped(skipped: list[dict], num_images: int, manifest_path, show: int = 3) -> str:
+    """One line for people: how many images were skipped, the first ``show`` of them and why."""
+    names = ", ".join(f"{entry.get('path') or entry['id']} (image {entry['index']}: {entry['reason']})"
+                      for entry in skipped[:show])
+    more = f" and {len(skipped) - show} more" if len(skipped) > show else ""
+    return (f"skipped {len(skipped)} of {num_images} images that could not be decoded; they have no labels "
+            f"(y_s NaN, probabilities 0): {names}{more}. All are listed under \"skipped\" in {manifest_path}")
+
+
+def _check_count(name: str, value, hint: str = "") -> int:
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or isinstance(value, bool) or number < 1:
+        raise ValueError(f"{name} must be a positive whole number, got {value!r}" + (f" ({hint})" if hint else ""))
+    return number
 
 
 def default_device() -> torch.device:
@@ -71,7 +109,21 @@ def open_or_create(out, manifest: dict, dataset: ImageDataset, overwrite: bool) 
                              "Use another output folder, or --overwrite to replace it.")
         return LabelStore(out, store.manifest, mode="r+")
     if out.exists() and any(out.iterdir()):
-        raise StoreError(f"{out} exists and is not a label store; choose an empty or new folder")
+        entries = sorted(p.name for p in out.iterdir())
+        # LabelStore.create writes manifest.json last: these files without it are a store whose creation was killed
+        known = {"chunks", "image_ids.json", "manifest.json.tmp", "coords.npy", "flip.npy", "topk_idx.npy",
+                 "topk_prob.npy", "y_s.npy", "entropy.npy", "targets.npy"}
+        store_files = [name for name in entries if name in known]
+        if store_files:
+            raise StoreError(f"{out} exists and is not a label store; choose an empty or new folder, or rerun with "
+                             "--overwrite (overwrite=True from Python) to start it again: it holds the files of a "
+                             f"label store whose creation was interrupted before its manifest.json was written "
+                             f"({', '.join(store_files[:4])}{', …' if len(store_files) > 4 else ''})")
+        shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
+        count = f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}"
+        raise StoreError(f"{out} exists and is not a label store; choose an empty or new folder, or pass --overwrite "
+                         f"(overwrite=True from Python) to delete everything in it ({count}: {shown}) and write the "
+                         "store there")
     image_ids = [dataset.image_id(i) for i in range(len(dataset))]
     return LabelStore.create(out, manifest, image_ids, dataset.targets)
 
@@ -117,49 +169,109 @@ def teacher_probs(teacher, crops: torch.Tensor, device: torch.device, temperatur
 
 
 def _chunk_rows(dataset, teacher, store: LabelStore, start: int, stop: int, batcher: _CropBatcher,
-                device: torch.device, progress) -> dict:
+                device: torch.device, progress, on_bad_image: str = "fail") -> tuple[dict, list[dict]]:
+    """One chunk's rows, and the images skipped in it (``on_bad_image="skip"``; "fail" raises instead)."""
     params = CropParams.from_dict(store.manifest["crops"])
     seed, num_crops = store.manifest["crops"]["seed"], store.num_crops
     size = tuple(teacher.input_size[1:])
-    coords_all, flips_all, targets = [], [], []
-    for index in range(start, stop):
-        image, target = dataset[index]
+    count = stop - start
+    coords_all = np.zeros((count, num_crops, 4), dtype=np.float32)
+    flips_all = np.zeros((count, num_crops), dtype=bool)
+    targets = torch.full((count,), -1, dtype=torch.int64)
+    good = torch.ones(count, dtype=torch.bool)
+    skipped = []
+    for offset, index in enumerate(range(start, stop)):
+        try:
+            image, target = dataset[index]
+        except BadImageError as error:
+            if on_bad_image != "skip":
+                raise _stopped_at(error, store, start, stop) from error
+            skipped.append({"index": index, "id": dataset.image_id(index), "path": error.path,
+                            "reason": error.reason, "detail": error.detail})
+            good[offset] = False
+            progress.update(1)
+            continue
         if device.type == "cuda":
             image = image.pin_memory().to(device, non_blocking=True)
         height, width = image.shape[-2:]
         coords, flips = sample_crops(height, width, num_crops, params, seed, index)
         batcher.add(cut_crops(image, coords, flips, size, params.interpolation))
-        coords_all.append(coords)
-        flips_all.append(flips)
-        targets.append(target)
+        coords_all[offset], flips_all[offset], targets[offset] = coords, flips, target
         progress.update(1)
-    probs = batcher.finish().reshape(stop - start, num_crops, -1)
+    probs = torch.zeros(count, num_crops, store.num_classes)
+    if good.any():
+        probs[good] = batcher.finish().reshape(int(good.sum()), num_crops, -1)
     indices, values = quantize(probs.reshape(-1, probs.shape[-1]), store.label_type)
-    targets = torch.tensor(targets)
     gathered = probs.gather(2, targets.clamp_min(0).view(-1, 1, 1).expand(-1, num_crops, 1)).squeeze(2)
     y_s = torch.where(targets.view(-1, 1) >= 0, gathered, torch.full_like(gathered, float("nan")))
-    rows = {"coords": np.stack(coords_all), "flip": np.stack(flips_all),
-            "topk_prob": values.reshape(stop - start, num_crops, -1).numpy(),
-            "y_s": y_s.numpy(), "entropy": entropy(probs).numpy()}
+    rows = {"coords": coords_all, "flip": flips_all,
+            "topk_prob": values.reshape(count, num_crops, -1).numpy().copy(),
+            "y_s": y_s.numpy().copy(), "entropy": entropy(probs).numpy().copy()}
     if indices is not None:
-        rows["topk_idx"] = indices.reshape(stop - start, num_crops, -1).numpy()
-    return rows
+        rows["topk_idx"] = indices.reshape(count, num_crops, -1).numpy().copy()
+    bad = (~good).numpy()
+    if bad.any():  # no labels for images that could not be decoded
+        rows["topk_prob"][bad] = 0
+        rows["y_s"][bad] = np.nan
+        rows["entropy"][bad] = np.nan
+        if indices is not None:
+            rows["topk_idx"][bad] = 0
+    return rows, skipped
+
+
+def _stopped_at(error: BadImageError, store: LabelStore, start: int, stop: int) -> BadImageError:
+    chunk, done = start // store.manifest["chunk_size"], len(store.finished_chunks())
+    message = (f"{error}. Stopped before writing chunk {chunk} (images {start}-{stop - 1}); {done} of "
+               f"{store.num_chunks} chunks are written and kept. Rerun with --on-bad-image skip "
+               "(on_bad_image=\"skip\" in Python) to resume and leave undecodable images without labels, or repair "
+               "the file and rerun")
+    return BadImageError(message, index=error.index, path=error.path, reason=error.reason, detail=error.detail)
+
+
+def _note_skipped(store: LabelStore, start: int, stop: int, skipped: list[dict]) -> None:
+    """List a chunk's skipped images in the manifest before its marker is written, so that the manifest names
+    every skipped image of the finished chunks at any time (a resumed run, a reader of a partial store)."""
+    listed = store.manifest.get("skipped") or []
+    kept = [entry for entry in listed if not start <= entry["index"] < stop]
+    if not skipped and len(kept) == len(listed) and "skipped" in store.manifest:
+        return
+    store.manifest["skipped"] = sorted(kept + skipped, key=lambda entry: entry["index"])
+    write_json_atomic(store.path / "manifest.json", store.manifest)
+
+
+def _finished_skipped(store: LabelStore) -> list[dict]:
+    """The listed skipped images of finished chunks (a crash between listing and marker can leave others)."""
+    done = store.image_done()
+    return [entry for entry in store.manifest.get("skipped") or [] if done[entry["index"]]]
 
 
 def generate_labels(dataset: ImageDataset, teacher, out, num_crops: int | None = None,
                     label_type="marginal_smoothing_k5", temperature: float = 1.0, crop_params: CropParams | None = None,
                     seed: int = 0, chunk_size: int | None = None, batch_size: int = 256, device=None,
-                    overwrite: bool = False, progress: bool = True, before_marker=None) -> LabelStore:
+                    overwrite: bool = False, progress: bool = True, before_marker=None,
+                    on_bad_image: str = "fail") -> LabelStore:
     """Generate (or resume) a region soft-label store for ``dataset`` with ``teacher`` into folder ``out``.
 
     Each image is decoded once; its ``num_crops`` RandomResizedCrop regions (seeded per image) are cut with
     transforms.v2 at the teacher's input size and fed to the teacher in batches of ``batch_size`` crops that
     span images. Results are written per chunk of ``chunk_size`` images; rerunning the same call after an
     interruption (Ctrl-C, kill -9) continues with the first unfinished chunk and gives identical arrays.
+
+    ``num_crops`` None means the data set's ``default_crops``. An image that cannot be decoded (not an image,
+    truncated: :class:`~softlab.data.BadImageError`) stops the run before anything of its chunk is written
+    (``on_bad_image="fail"``, the default; rerunning resumes), or, with ``on_bad_image="skip"``, is left without
+    labels: its rows have NaN ``y_s``/``entropy`` and zero probabilities, and it is listed under ``"skipped"`` in
+    the manifest (:func:`skipped_images`), reported by a :class:`SkippedImagesWarning`. The other images keep
+    the crops they would have had, since crops are seeded per image index.
     """
+    if on_bad_image not in BAD_IMAGE_MODES:
+        raise ValueError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_MODES)}, got {on_bad_image!r}")
     device = torch.device(device) if device is not None else default_device()
-    num_crops = num_crops or dataset.default_crops
-    chunk_size = chunk_size or max(1, 4096 // num_crops)
+    num_crops = _check_count("num_crops", dataset.default_crops if num_crops is None else num_crops,
+                             "crops per image; None means the data set's default")
+    chunk_size = _check_count("chunk_size", max(1, 4096 // num_crops) if chunk_size is None else chunk_size,
+                              "images per chunk; None picks one")
+    batch_size = _check_count("batch_size", batch_size, "crops per teacher forward")
     manifest = build_manifest(dataset, teacher, num_crops, label_type, temperature, crop_params or CropParams(),
                               seed, chunk_size)
     store = open_or_create(out, manifest, dataset, overwrite)
@@ -171,10 +283,13 @@ def generate_labels(dataset: ImageDataset, teacher, out, num_crops: int | None =
     todo = sum(store.chunk_bounds(c)[1] - store.chunk_bounds(c)[0] for c in pending)
     started = time.perf_counter()
     bar = tqdm(total=todo, unit="img", desc=f"labels {Path(out).name}", disable=not progress)
+    skipped_now = 0
     try:
         for chunk in pending:
             start, stop = store.chunk_bounds(chunk)
-            rows = _chunk_rows(dataset, teacher, store, start, stop, batcher, device, bar)
+            rows, skipped = _chunk_rows(dataset, teacher, store, start, stop, batcher, device, bar, on_bad_image)
+            _note_skipped(store, start, stop, skipped)
+            skipped_now += len(skipped)
             store.write_chunk(chunk, rows, before_marker=before_marker)
             elapsed = time.perf_counter() - started
             bar.set_postfix(crops_per_s=f"{bar.n * num_crops / max(elapsed, 1e-9):.0f}")
@@ -183,14 +298,22 @@ def generate_labels(dataset: ImageDataset, teacher, out, num_crops: int | None =
         done = len(store.finished_chunks())
         print(f"interrupted: {done}/{store.num_chunks} chunks are safely written; rerun the same command to resume")
         raise
+    except BadImageError:
+        bar.close()
+        raise
     bar.close()
     elapsed = time.perf_counter() - started
-    crops_done = todo * num_crops
+    crops_done = (todo - skipped_now) * num_crops
     throughput = {"crops": crops_done, "seconds": round(elapsed, 3),
                   "crops_per_s": round(crops_done / elapsed, 1) if elapsed > 0 else None, "device": device.type}
     if progress and crops_done:
         print(f"generated {crops_done} crop labels in {elapsed:.1f} s: {throughput['crops_per_s']} crops/s "
               f"on {device.type} ({teacher.spec})")
     if not store.manifest.get("complete"):
-        store.finalize({"generation": throughput})
-    return LabelStore.open(out)
+        store.finalize({"generation": throughput, "skipped": _finished_skipped(store)})
+    store = LabelStore.open(out)
+    skipped = skipped_images(store)
+    if skipped:
+        warnings.warn(describe_skipped(skipped, store.num_images, store.path / "manifest.json"),
+                      SkippedImagesWarning, stacklevel=2)
+    return store

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -201,11 +203,136 @@ def save_checkpoint(path, model: nn.Module, **meta) -> Path:
     return path
 
 
+DEFAULT_CROP_PCT = 0.875  # timm's, for a pretrained_cfg that gives none
+EVAL_MODES = ("center", "squash", "border", "resize")
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """How a classifier sees a whole image at evaluation: timm's ``transforms_imagenet_eval`` on tensors.
+
+    ``mode`` "center" (timm's default): resize keeping the aspect ratio until the image covers ``resize``
+    (H, W) (for a square ``resize``: the short side to ``resize[0]``), then centre crop ``size``. "squash":
+    resize both sides to ``resize``, then centre crop. "border": resize keeping the aspect ratio until the image
+    fits in ``resize``, then centre crop or pad with ``fill`` to ``size``. "resize": the whole image resized to
+    ``size``, aspect ratio not kept (teachers without an evaluation recipe, e.g. trained on whole small images;
+    an image already at ``size`` is unchanged). timm's ``resize`` is ``floor(size / crop_pct)``.
+    Resizing is antialiased, with the teacher's interpolation; bicubic overshoot is clamped to [0, 1].
+    """
+
+    size: tuple[int, int]
+    resize: tuple[int, int] | None = None
+    mode: str = "resize"
+    interpolation: str = "bicubic"
+    fill: tuple[float, ...] = (0.0,)
+    source: str = ""
+
+    def __post_init__(self):
+        if self.mode not in EVAL_MODES:
+            raise ValueError(f"evaluation mode must be one of {', '.join(EVAL_MODES)}, not {self.mode!r}")
+        if self.mode != "resize" and self.resize is None:
+            raise ValueError(f"evaluation mode {self.mode!r} needs a resize size")
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """``[C, H, W]`` or ``[B, C, H, W]`` images (uint8, or float in [0, 1]) → float ``[..., C, *size]``."""
+        single = images.ndim == 3
+        images = to_float_images(images[None] if single else images)
+        out = self._apply(images)
+        return out[0] if single else out
+
+    def _apply(self, images: torch.Tensor) -> torch.Tensor:
+        size = list(self.size)
+        if self.mode == "resize":
+            return resize_images(images, size, self.interpolation)
+        height, width = images.shape[-2:]
+        if self.mode == "squash":
+            images = resize_images(images, self.resize, self.interpolation)
+        elif self.mode == "center" and self.resize[0] == self.resize[1]:
+            images = self._resize(images, [self.resize[0]])  # torchvision's short-side resize
+        else:  # timm's ResizeKeepRatio: cover ("center") or fit in ("border") the resize box
+            ratios = (height / self.resize[0], width / self.resize[1])
+            ratio = max(ratios) if self.mode == "border" else min(ratios)
+            images = self._resize(images, [round(height / ratio), round(width / ratio)])
+        if self.mode == "border":
+            images = _pad_to(images, size, self.fill)
+        return F.center_crop(images, size)
+
+    def _resize(self, images: torch.Tensor, size: list[int]) -> torch.Tensor:
+        out = F.resize(images, size, interpolation=_INTERPOLATIONS[self.interpolation], antialias=True)
+        return out.clamp_(0, 1) if self.interpolation == "bicubic" else out
+
+    def describe(self) -> str:
+        crop = f"{self.size[0]}×{self.size[1]}"
+        if self.mode == "resize":
+            text = f"whole image resized to {crop}"
+        elif self.mode == "center" and self.resize[0] == self.resize[1]:
+            text = f"short side resized to {self.resize[0]}, centre crop {crop}"
+        else:
+            text = f"{self.mode} resize to {self.resize[0]}×{self.resize[1]}, centre crop {crop}"
+        return f"{text}, {self.interpolation}" + (f"; {self.source}" if self.source else "")
+
+
+def _pad_to(images: torch.Tensor, size, fill) -> torch.Tensor:
+    """Centre ``images`` on a canvas of at least ``size`` filled with ``fill`` (one value or one per channel)."""
+    height, width = images.shape[-2:]
+    out_h, out_w = max(height, size[0]), max(width, size[1])
+    if (out_h, out_w) == (height, width):
+        return images
+    fill = torch.as_tensor(fill, dtype=images.dtype, device=images.device).reshape(-1)
+    canvas = fill.view(1, -1, 1, 1).expand(images.shape[0], images.shape[1], out_h, out_w).clone()
+    top, left = (out_h - height) // 2, (out_w - width) // 2
+    canvas[..., top:top + height, left:left + width] = images
+    return canvas
+
+
+def eval_transform(teacher) -> EvalTransform:
+    """The teacher's own whole-image evaluation transform.
+
+    A timm model whose ``pretrained_cfg`` describes the teacher's input (same input size) uses timm's recipe:
+    ``crop_pct`` (default 0.875) and ``crop_mode`` from the cfg, e.g. EfficientNet-Lite0: short side to
+    ``floor(224 / 0.875) = 256``, centre crop 224. A ``torchvision:`` teacher uses its weights' preset (short
+    side to ``resize_size``, centre crop). An ensemble uses that of its member with the ensemble's input size.
+    Any other teacher (e.g. the Fashion-MNIST CNN, trained on whole 28×28 images) gets the whole image resized
+    to its input size.
+    """
+    size = tuple(int(v) for v in teacher.input_size[1:])
+    interpolation = getattr(teacher, "interpolation", "bicubic")
+    members = [m for m in getattr(teacher, "members", None) or [] if tuple(m.input_size[1:]) == size]
+    if members:
+        return eval_transform(members[0])
+    cfg = getattr(teacher, "pretrained_cfg", None) or getattr(getattr(teacher, "model", None), "pretrained_cfg", None)
+    if isinstance(cfg, dict) and tuple(cfg.get("input_size") or ())[-2:] == size:
+        crop_pct = float(cfg.get("crop_pct") or DEFAULT_CROP_PCT)
+        mode = cfg.get("crop_mode") or "center"
+        mean = cfg.get("mean") or getattr(teacher, "mean", (0.0,))
+        return EvalTransform(size, tuple(math.floor(s / crop_pct) for s in size), mode, interpolation,
+                             tuple(round(255 * m) / 255 for m in mean), source=f"timm crop_pct {crop_pct}")
+    preset = _torchvision_preset(getattr(teacher, "spec", ""))
+    if preset is not None and list(preset.crop_size) == [size[0]] and size[0] == size[1]:
+        resize = int(preset.resize_size[0])
+        return EvalTransform(size, (resize, resize), "center", interpolation, source="torchvision weights preset")
+    return EvalTransform(size, None, "resize", interpolation)
+
+
+def _torchvision_preset(spec: str):
+    if not isinstance(spec, str) or not spec.startswith("torchvision:"):
+        return None
+    from torchvision import models
+
+    try:
+        preset = models.get_model_weights(spec.split(":", 1)[1]).DEFAULT.transforms()
+    except (ValueError, KeyError):
+        return None
+    return preset if hasattr(preset, "crop_size") and hasattr(preset, "resize_size") else None
+
+
 @torch.no_grad()
 def evaluate_classifier(teacher: Teacher, dataset, batch_size: int = 512, progress: bool = True) -> float:
     """Top-1 accuracy of ``teacher`` on the labelled images of ``dataset`` (targets ``-1`` are skipped).
 
-    Images are resized to the teacher's input size when they differ (its interpolation, antialiased).
+    Each image goes through the teacher's own evaluation transform (:func:`eval_transform`): for timm ImageNet
+    teachers a resize to ``input_size / crop_pct`` and a centre crop, for teachers without one (Fashion-MNIST)
+    a plain resize to the input size, a no-op for images already at that size.
     """
     from tqdm.auto import tqdm
 
@@ -213,17 +340,12 @@ def evaluate_classifier(teacher: Teacher, dataset, batch_size: int = 512, progre
     if not indices:
         raise ValueError(f"{getattr(dataset, 'name', 'dataset')} has no labelled images to evaluate on")
     device = next((b.device for b in teacher.buffers()), torch.device("cpu"))
+    transform = eval_transform(teacher)
     correct = 0
     batches = range(0, len(indices), batch_size)
     for start in tqdm(batches, desc="evaluating", unit="batch", disable=not progress, leave=False):
         chunk = indices[start:start + batch_size]
-        images = torch.stack([_load_resized(dataset, i, teacher) for i in chunk]).to(device)
+        images = torch.stack([transform(dataset[i][0]) for i in chunk]).to(device)
         targets = torch.as_tensor([int(dataset.targets[i]) for i in chunk], device=device)
         correct += int((teacher(images).argmax(dim=1) == targets).sum())
     return correct / len(indices)
-
-
-def _load_resized(dataset, index: int, teacher: Teacher) -> torch.Tensor:
-    image = to_float_images(dataset[index][0][None])
-    return resize_images(image, teacher.input_size[1:], teacher.interpolation)[0]
-

@@ -209,7 +209,7 @@ def probe_teacher(teacher, dataset, limit: int | None = 64, show: int = 4, k: in
     """Top-1 of ``teacher`` on the first ``limit`` labelled images of ``dataset`` (a data set or its spec), and
     its top-``k`` classes and probabilities on ``show`` of them, spread evenly over the subset.
 
-    Images are resized to the teacher's input size as :class:`~softlab.evaluate.EvalImages` does.
+    Images go through the teacher's own evaluation transform (:meth:`~softlab.evaluate.EvalImages.for_classifier`).
     """
     from ..evaluate import EvalImages, predict
 
@@ -219,7 +219,7 @@ def probe_teacher(teacher, dataset, limit: int | None = 64, show: int = 4, k: in
     indices = np.flatnonzero(np.asarray(dataset.targets) >= 0)[:limit]
     if not len(indices):
         raise ValueError(f"{dataset.name} has no labelled images to probe the teacher on")
-    images = EvalImages(dataset.subset(indices), teacher.input_size[1:], getattr(teacher, "interpolation", "bicubic"))
+    images = EvalImages.for_classifier(dataset.subset(indices), teacher)
     logits = predict(teacher, images, batch_size, device=_device_of(teacher))
     correct = int((logits.argmax(dim=-1) == images.targets).sum())
     probs = torch.softmax(logits.double(), dim=-1)  # an ensemble returns log-probabilities: softmax keeps them
