@@ -10,13 +10,10 @@ from softlab.calibrate import Calibration, calibrate
 from softlab.data.crops import CropParams, cut_crops, pixel_boxes, sample_crops
 from softlab.evaluate import EvalImages
 from softlab.labels import generate_labels
-from softlab.train import (MultiCropLoader, RandomCrops, RunControl, StoredCrops, TrainConfig, cut_crops_grid,
+from softlab.train import (MultiCropLoader, RandomCrops, RunControl, StoredCrops, cut_crops_grid,
                            list_recipes, load_student, metrics_without_timing, start_run, train)
 from softlab.train.events import EventQueue
-from tiny import LinearTeacher, NoiseImages, correct_count_bounds
-
-CALIBRATION = {"t_low": 0.02, "t_mid": 0.2, "t_top": 0.98, "epsilon": 0.1, "mode": "absolute"}
-
+from tiny import LinearTeacher, NoiseImages, TINY_CALIBRATION, correct_count_bounds, tiny_config
 
 @pytest.fixture(scope="module")
 def data():
@@ -27,13 +24,6 @@ def data():
 def store(data, tmp_path_factory):
     return generate_labels(data, LinearTeacher(), tmp_path_factory.mktemp("train") / "store", num_crops=8,
                            label_type="marginal_smoothing_k2", progress=False)
-
-
-def tiny_config(tmp_path, recipe="fkd", **changes) -> TrainConfig:
-    settings = dict(recipe=recipe, out=str(tmp_path), student="tiny_cnn", student_kwargs={"width": 4}, input_size=12,
-                    epochs=1, batch_images=6, num_crops=2, lr=0.05, eval_data=None, progress=False,
-                    calibration=CALIBRATION if recipe == "ferkd" else None, seed=3)
-    return TrainConfig(**{**settings, **changes})
 
 
 class MaskedView:
@@ -66,7 +56,7 @@ def test_loader_draws_only_kept_crops_and_skips_images_without_any(data, store):
 
 
 def test_loader_with_a_ferkd_view(data, store):
-    view = calibrate(store, Calibration(**CALIBRATION))
+    view = calibrate(store, Calibration(**TINY_CALIBRATION))
     loader = MultiCropLoader(data, StoredCrops(view, 2, seed=1), batch_images=6, size=12, seed=1)
     batch = loader.batch(0, 0)
     assert view.kept[batch.image_index, batch.crop_index].all()

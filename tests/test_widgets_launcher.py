@@ -4,6 +4,7 @@ import json
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -258,3 +259,21 @@ def test_runs_table_and_overlay(workspace):
     assert len(launcher.overlay_figure.data) == 8  # test top-1, train loss, ECE, train top-1 × 2 runs
     launcher.overlay(["a", "zzz"])
     assert launcher.message.kind == "warning" and "zzz" in launcher.message.text
+
+
+def test_the_runs_notes_are_shown_and_kept_with_its_end_message(workspace, store):
+    # T_L between the 3rd and 4th smallest per-image max y_s (T_T = 1): exactly 3 images keep no crop
+    highest = np.sort(np.nanmax(np.asarray(store.y_s), axis=1))
+    t_low = float(highest[2] + highest[3]) / 2
+    explorer = Explorer(Calibration(t_low, max(t_low, 0.5), 1.0))
+    launcher = TrainingLauncher(workspace, calibration=explorer, config=BASE.replace(epochs=1))
+    launcher.recipe.value = "ferkd"
+    launcher.start()
+    assert launcher.wait() == "finished"
+    resolved = json.loads((workspace.runs / launcher.last_config.run_name / "config.json").read_text())["resolved"]
+    assert launcher.notes == resolved["notes"] and len(launcher.notes) >= 1
+    assert "3 of 24 training images" in launcher.notes[0]
+    assert launcher.message.kind == "warning"
+    final = json.loads((workspace.runs / launcher.last_config.run_name / "eval.json").read_text())
+    assert launcher.message.text.startswith(f"{launcher.last_config.run_name} finished: test top-1 {final['top1']:.4f}")
+    assert launcher.message.text.endswith(" · ".join(f"note: {note}" for note in launcher.notes))

@@ -57,3 +57,17 @@ def correct_count_bounds(scores, targets, margin):
     predicted, clear = clear_argmax(scores, margin)
     fewest = int(((predicted == targets) & clear).sum())
     return fewest, fewest + int((~clear).sum())
+
+
+TINY_CALIBRATION = {"t_low": 0.02, "t_mid": 0.2, "t_top": 0.98, "epsilon": 0.1, "mode": "absolute"}
+
+
+def tiny_config(tmp_path, recipe="fkd", **changes):
+    """A TrainConfig for a few-second CPU run on 24 NoiseImages: tiny_cnn (width 4) at 12 px, 6 images × 2 crops
+    per step, 1 epoch, no evaluation; ``ferkd`` gets :data:`TINY_CALIBRATION`."""
+    from softlab.train import TrainConfig
+
+    settings = dict(recipe=recipe, out=str(tmp_path), student="tiny_cnn", student_kwargs={"width": 4}, input_size=12,
+                    epochs=1, batch_images=6, num_crops=2, lr=0.05, eval_data=None, progress=False,
+                    calibration=TINY_CALIBRATION if recipe == "ferkd" else None, seed=3, device="cpu")
+    return TrainConfig(**{**settings, **changes})

@@ -291,6 +291,7 @@ class TrainingLauncher(ConfigSource, W.VBox):
             self.message.show(error_text(error), "error")
             return None
         self.tracker, self.last_config, self._ended = ProgressTracker(), config, False
+        self.notes: list[str] = []
         self._last_redraw = None
         self.handle = start_run(config, callbacks=self.callbacks, resume=resume, **objects)
         self.message.show(f"{'continuing' if resume else 'running'} {config.run_name} "
@@ -350,9 +351,13 @@ class TrainingLauncher(ConfigSource, W.VBox):
         if event.kind == "start" and event.start_step:
             done = event.start_step // event.steps_per_epoch
             self.tracker.seed_history([m for m in load_history(event.run_dir) if m["epoch"] <= done])
+        elif event.kind == "note":  # e.g. images a FerKD calibration leaves without a kept crop
+            self.notes.append(event.text)
+            self.message.show(f"note: {event.text}", "warning")
         elif event.kind == "end":
-            self.message.show(end_text(event, read_run(self.tracker.run_dir)), "ok" if event.status == "finished"
-                              else "warning")
+            text = end_text(event, read_run(self.tracker.run_dir))
+            self.message.show(" · ".join([text, *(f"note: {note}" for note in self.notes)]),
+                              "warning" if event.status != "finished" or self.notes else "ok")
         elif event.kind == "error":
             self.message.show(event.error, "error")
 

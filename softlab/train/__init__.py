@@ -6,9 +6,9 @@ functions in :mod:`softlab.train.losses`; mixing lives in :mod:`softlab.train.mi
 """
 from .config import TrainConfig
 from .demo import DEMO_CALIBRATION, MODES as DEMO_MODES, DemoSettings, run_compare, run_demo
-from .engine import RunResult, Trainer, metrics_without_timing
-from .events import (Broadcaster, EndEvent, EpochEvent, ErrorEvent, EventQueue, RunControl, StartEvent, StepEvent,
-                     to_dict)
+from .engine import RunResult, Trainer, TrainingDivergedError, metrics_without_timing
+from .events import (Broadcaster, EndEvent, EpochEvent, ErrorEvent, EventQueue, NoteEvent, RunControl, StartEvent,
+                     StepEvent, to_dict)
 from .loader import Batch, MultiCropLoader, RandomCrops, StoredCrops, cut_crops_grid
 from .mixing import Mixing, mix, mix_targets, plan_mix
 from .preview import CropPreview, MixedPreview, preview_crops, preview_mixed
@@ -19,8 +19,10 @@ from .runs import RunSummary, list_runs, load_history, next_run_name, read_run, 
 from .tracker import ProgressTracker, format_duration
 from .students import Student, create_student, list_students, load_student, register_student
 
-__all__ = ["TrainConfig", "DEMO_CALIBRATION", "DEMO_MODES", "DemoSettings", "run_compare", "run_demo", "RunResult", "Trainer", "metrics_without_timing", "Broadcaster", "EndEvent", "EpochEvent",
-           "ErrorEvent", "EventQueue", "RunControl", "StartEvent", "StepEvent", "to_dict", "Batch", "MultiCropLoader",
+__all__ = ["TrainConfig", "DEMO_CALIBRATION", "DEMO_MODES", "DemoSettings", "run_compare", "run_demo", "RunResult",
+           "Trainer", "TrainingDivergedError", "metrics_without_timing", "Broadcaster", "EndEvent", "EpochEvent",
+           "ErrorEvent", "EventQueue", "NoteEvent", "RunControl", "StartEvent", "StepEvent", "to_dict", "Batch",
+           "MultiCropLoader",
            "RandomCrops", "StoredCrops", "cut_crops_grid", "Mixing", "mix", "mix_targets", "plan_mix", "TqdmProgress",
            "CropPreview", "MixedPreview", "preview_crops", "preview_mixed",
            "Distiller", "create_recipe", "describe_recipe", "get_recipe", "list_recipes", "register_recipe",

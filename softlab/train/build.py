@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..calibrate import Calibration, CalibratedStore
-from ..data import load_dataset
+from ..data import BadImageError, load_dataset
 from ..data.crops import CropParams
 from ..labels import LabelStore
 from .config import TrainConfig
@@ -60,6 +60,86 @@ def check_store_matches(store: LabelStore, dataset) -> None:
                          "(same --data and --limit as when it was generated)")
 
 
+def _teacher_hint(dataset) -> str:
+    if getattr(dataset, "name", "").startswith("fashion-mnist"):
+        return " (`--teacher fashion_mnist_cnn` for Fashion-MNIST; `softlab teacher list` lists the others)"
+    return " (`softlab teacher list` lists the registered ones)"
+
+
+def check_store_classes(store, dataset) -> None:
+    """The store's soft labels must range over the training data's classes (the student's outputs)."""
+    if store is not None and store.num_classes != dataset.num_classes:
+        raise ValueError(f"label store {store.path} holds soft labels over {store.num_classes} classes, but the "
+                         f"training data {dataset.name} has {dataset.num_classes}: give a store that `softlab labels "
+                         f"generate` made with a teacher of the data set's {dataset.num_classes} classes"
+                         f"{_teacher_hint(dataset)}")
+
+
+def output_classes(model, input_size, device, trust_attribute: bool = True) -> int | None:
+    """The number of logits ``model`` returns: its ``num_classes`` (when trusted), else that of one forward of a
+    blank input of ``input_size`` (C, H, W) in eval mode; None when neither is known."""
+    count = getattr(model, "num_classes", None) if trust_attribute else None
+    if isinstance(count, int):
+        return count
+    if input_size is None:
+        return None
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return int(model(torch.zeros(1, *input_size, device=device)).shape[-1])
+    finally:
+        model.train(training)
+
+
+def check_teacher_classes(teacher, dataset, device) -> None:
+    if teacher is None:
+        return
+    count = output_classes(teacher, getattr(teacher, "input_size", None), device)
+    if count is not None and count != dataset.num_classes:
+        spec = getattr(teacher, "spec", type(teacher).__name__)
+        raise ValueError(f"teacher {spec} predicts {count} classes, but the training data {dataset.name} has "
+                         f"{dataset.num_classes}: give a teacher of the data set's {dataset.num_classes} classes"
+                         f"{_teacher_hint(dataset)}, or train on data of the teacher's {count} classes (--data)")
+
+
+def check_student_classes(student, dataset, device) -> None:
+    """A given student module's head must have one output per class of the training data (its wrapper's
+    ``num_classes`` is the data's, so the module is run once to see)."""
+    count = output_classes(student, student.input_size, device, trust_attribute=False)
+    if count != dataset.num_classes:
+        raise ValueError(f"the student returns {count} logits, but the training data {dataset.name} has "
+                         f"{dataset.num_classes} classes: give it a head of {dataset.num_classes} outputs (or a "
+                         "student spec, whose head is made to fit)")
+
+
+def check_eval_classes(eval_images, dataset) -> None:
+    """Evaluation images must be labelled with the training data's classes."""
+    if eval_images is None:
+        return
+    count = len(eval_images.class_names)
+    largest = int(eval_images.targets.max()) if len(eval_images) else -1
+    if (count and count != dataset.num_classes) or largest >= dataset.num_classes:
+        count = count or largest + 1
+        raise ValueError(f"the evaluation data {eval_images.name} has {count} classes, but the training data "
+                         f"{dataset.name} has {dataset.num_classes}: evaluate on data of the same classes "
+                         "(--eval-data, or 'none' to skip evaluation)")
+
+
+def kept_crop_counts(source) -> dict:
+    """For stored crops: the images the store lists as skipped (undecodable at generation) and the other images
+    without a kept crop (both left out by the loader), and those with fewer kept crops than ``num_crops`` (whose
+    crops are drawn with replacement); {} for fresh crops."""
+    if not getattr(source, "stored", False):
+        return {}
+    per_image = source.kept.sum(axis=1)
+    skipped = getattr(source, "skipped", None)
+    skipped = np.zeros(len(per_image), bool) if skipped is None else skipped
+    return {"skipped_images": int(skipped.sum()),
+            "images_without_kept_crops": int(((per_image == 0) & ~skipped).sum()),
+            "images_with_crops_drawn_with_replacement": int(((per_image > 0) & (per_image < source.num_crops)).sum())}
+
+
 def crop_source(config: TrainConfig, labels, store):
     if get_recipe(config.recipe).crops == "stored":
         return StoredCrops(labels, config.num_crops, config.seed)
@@ -73,8 +153,8 @@ def crop_source(config: TrainConfig, labels, store):
 
 
 def input_geometry(config: TrainConfig, dataset, store, teacher) -> tuple[int, int]:
-    """(channels, crop side) of the student's inputs."""
-    first = dataset[0][0]
+    """(channels, crop side) of the student's inputs, read off the first image that can be decoded."""
+    first = _first_image(dataset)
     channels = int(first.shape[0])
     if config.input_size:
         return channels, int(config.input_size)
@@ -85,11 +165,26 @@ def input_geometry(config: TrainConfig, dataset, store, teacher) -> tuple[int, i
     return channels, int(min(224, first.shape[-2]))
 
 
+def _first_image(dataset):
+    """The first image of ``dataset`` that can be decoded (an undecodable image 0 may be one a store skipped)."""
+    for index in range(1, len(dataset)):
+        try:
+            return dataset[index - 1][0]
+        except BadImageError:
+            continue
+    return dataset[len(dataset) - 1][0]  # the last image (or the error that it, too, cannot be decoded)
+
+
 def image_stats(dataset, max_images: int = 2000) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of pixel values in [0, 1] over the first ``max_images`` images."""
+    """Per-channel mean and std of pixel values in [0, 1] over the first ``max_images`` images (images that cannot
+    be decoded, such as those a label store lists as skipped, are left out)."""
     count, total, squares = 0, None, None
     for index in range(min(max_images, len(dataset))):
-        pixels = dataset[index][0].as_subclass(torch.Tensor).double().div(255).flatten(1)
+        try:
+            image = dataset[index][0]
+        except BadImageError:
+            continue
+        pixels = image.as_subclass(torch.Tensor).double().div(255).flatten(1)
         total = pixels.sum(1) if total is None else total + pixels.sum(1)
         squares = (pixels ** 2).sum(1) if squares is None else squares + (pixels ** 2).sum(1)
         count += pixels.shape[1]

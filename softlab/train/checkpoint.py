@@ -5,6 +5,7 @@ RNG states are stored as tensors and plain values (torch CPU/CUDA generators, nu
 """
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -45,12 +46,17 @@ def seed_everything(seed: int) -> None:
 
 
 def save(path, **payload) -> Path:
-    """Write ``{"format", "version", **payload}`` atomically (a temporary file renamed into place)."""
+    """Write ``{"format", "version", **payload}`` atomically: into ``<name>.tmp``, synced to disk, then renamed
+    into place. A process killed at any moment leaves the previous checkpoint intact (and at worst a partial
+    ``.tmp`` file, which the next save overwrites and :func:`load` never reads)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
-    tmp.replace(path)
+    with open(tmp, "wb") as handle:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
     return path
 
 
@@ -61,3 +67,18 @@ def load(path, map_location="cpu") -> dict:
     if data.get("version", 0) > VERSION:
         raise ValueError(f"{path} has checkpoint version {data['version']}; upgrade softlab to read it")
     return data
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write ``text`` to a synced temporary file renamed into place: a process killed at any moment leaves the
+    old file or the new one, never a truncated one."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path

@@ -121,14 +121,21 @@ def stop_on_interrupt(control):
         signal.signal(signal.SIGINT, previous)
 
 
+def print_notes(event) -> None:
+    if event.kind == "note":
+        print(f"{event.run} note: {event.text}", flush=True)
+
+
 def cmd_train(args) -> int:
     from .events import RunControl
     from .run import train
 
     config = config_from_args(args)
     control = RunControl()
+    # the progress display prints notes; without it they still reach the terminal
+    callbacks = [print_notes] if args.no_progress else []
     with stop_on_interrupt(control):
-        result = train(config, control=control, resume=args.resume, overwrite=args.overwrite)
+        result = train(config, control=control, resume=args.resume, overwrite=args.overwrite, callbacks=callbacks)
     final = result.final or {}
     if result.status == "stopped":
         print(f"stopped; resume with the same command plus --resume (checkpoint {result.checkpoint})")
@@ -151,20 +158,50 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def looks_like_path(spec: str) -> bool:
+    """A run folder or checkpoint rather than a teacher spec: it has a path separator or a .pt/.pth suffix and no
+    ``scheme:`` prefix (``file:<path>@<arch>`` and ``ensemble:…`` are teacher specs)."""
+    import os
+    import re
+
+    if re.match(r"[A-Za-z_][\w]+:", spec):
+        return False
+    return "/" in spec or os.sep in spec or spec.endswith((".pt", ".pth"))
+
+
 def load_model(spec: str, device=None):
-    """A run checkpoint path → its student; anything else → a teacher spec."""
+    """A run folder or checkpoint path → its student; anything else → a teacher spec."""
     from pathlib import Path
 
-    path = Path(spec)
-    if path.is_dir() and (path / "checkpoints" / "last.pt").is_file():
-        path = path / "checkpoints" / "last.pt"
-    if path.is_file() and path.suffix in (".pt", ".pth"):
+    path, is_path = Path(spec), looks_like_path(spec)
+    if path.is_dir():
+        last = path / "checkpoints" / "last.pt"
+        if last.is_file():
+            path, is_path = last, True
+        elif (path / "config.json").is_file():
+            raise FileNotFoundError(f"run {spec} has no checkpoint yet ({last} is missing): it is still in its "
+                                    "first epoch or ended before writing one; train it (--resume to continue, "
+                                    "--overwrite to start again), then evaluate it")
+        elif is_path:
+            raise FileNotFoundError(f"{spec} is a folder but not a run folder (it has no checkpoints/last.pt nor "
+                                    "config.json): give a run folder, its checkpoints/last.pt, or a teacher spec")
+    elif not path.exists() and is_path:
+        kind = "checkpoint" if spec.endswith((".pt", ".pth")) else "run folder"
+        raise FileNotFoundError(f"{kind} {spec} does not exist: give a run folder (e.g. runs/<name>), its "
+                                "checkpoints/last.pt, or a teacher spec (`softlab teacher list`)")
+    if path.is_file() and is_path:
         import torch
 
         from .students import load_student
 
-        if torch.load(path, map_location="cpu", weights_only=True).get("format") == "softlab-run":
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # not a torch file, or one holding more than tensors and plain values
+            data = None
+        if isinstance(data, dict) and data.get("format") == "softlab-run":
             return load_student(path).to(device or "cpu"), str(path)
+        raise ValueError(f"{spec} is not a softlab run checkpoint (runs/<name>/checkpoints/last.pt); a teacher's "
+                         "weights file is evaluated through a teacher spec, file:<path>@<arch spec>")
     from ..teachers import create_teacher
 
     teacher = create_teacher(spec, device=device)
@@ -228,7 +265,10 @@ def cmd_demo(args) -> int:
 def cmd_compare(args) -> int:
     from .demo import run_compare
 
-    seeds = [int(s) for s in _names(args.seeds)]
+    try:
+        seeds = [int(s) for s in _names(args.seeds)]
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
     run_compare(recipes=_names(args.recipes), seeds=seeds, mode=args.mode, out=args.out, fresh=args.fresh,
                 epochs=args.epochs)
     return 0

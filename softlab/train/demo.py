@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from ..evaluate import EvalImages, classification_metrics, predict
 from ..labels import generate_labels
 from .config import TrainConfig
 from .engine import RunResult
-from .recipes import get_recipe
+from .recipes import get_recipe, list_recipes
 from .run import train
 
 DEMO_RECIPES = ("hard", "kd", "fkd", "ferkd")
@@ -81,7 +81,43 @@ MODES = {
 def settings_for(mode: str, **overrides) -> DemoSettings:
     if mode not in MODES:
         raise ValueError(f"demo mode must be one of {', '.join(MODES)}, not {mode!r}")
+    known = {f.name for f in fields(DemoSettings)} - {"mode"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown demo setting(s) {', '.join(unknown)}; the settings: {', '.join(sorted(known))}")
     return replace(MODES[mode], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def check_recipes(recipes) -> list[str]:
+    """The recipe names of a demo or comparison, checked before any work: each registered, none twice."""
+    import difflib
+
+    names = [part.strip() for part in recipes.split(",")] if isinstance(recipes, str) else list(recipes)
+    names = [name for name in names if name]
+    known = list_recipes()
+    if not names:
+        raise ValueError(f"give at least one recipe; known recipes: {', '.join(known)}")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        close = [difflib.get_close_matches(name, known, n=1) for name in unknown]
+        maybe = "; ".join(f"did you mean {c[0]!r} for {name!r}?" for name, c in zip(unknown, close) if c)
+        raise ValueError(f"unknown recipe{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+                         f"{' (' + maybe + ')' if maybe else ''}; known recipes: {', '.join(known)}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"recipe{'s' if len(twice) > 1 else ''} {', '.join(map(repr, twice))} listed more than once")
+    return names
+
+
+def check_seeds(seeds) -> list[int]:
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("give at least one seed")
+    if not all(isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) for seed in seeds):
+        raise ValueError(f"seeds are integers, got {seeds}")
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"seeds {seeds} repeat a seed: each seed's runs share one folder per recipe")
+    return [int(seed) for seed in seeds]
 
 
 # ----- the shared pipeline
@@ -130,7 +166,7 @@ def prepare(settings: DemoSettings, out, progress: bool = True) -> DemoContext:
     timings["labels"] = time.perf_counter() - started
     view = calibrate(store, Calibration.from_dict(settings.calibration))
     started = time.perf_counter()
-    test = EvalImages(test_set, teacher.input_size[1:])
+    test = EvalImages.for_classifier(test_set, teacher)
     logits = predict(teacher, test)
     teacher_metrics = classification_metrics(logits, test.targets, class_names=test.class_names)
     timings["teacher_eval"] = time.perf_counter() - started
@@ -199,6 +235,7 @@ def run_demo(mode: str = "default", out="runs/demo", seed: int = 0, recipes=DEMO
              progress: bool = True, **overrides) -> dict:
     """The main job; returns the summary also written to ``<out>/summary.json`` (and ``<out>/report.html``)."""
     started = time.perf_counter()
+    recipes = check_recipes(recipes)  # before any work: a typo must not cost the teacher and the labels
     settings = settings_for(mode, **overrides)
     _say(progress, f"softlab demo ({mode} mode): {', '.join(recipes)} at the same budget, seed {seed}")
     ctx = prepare(settings, out, progress)
@@ -258,6 +295,7 @@ def run_compare(recipes=DEMO_RECIPES, seeds=(0, 1, 2), mode: str = "default", ou
                 fresh: bool = False, progress: bool = True, **overrides) -> dict:
     """Each recipe × each seed at the demo budget of ``mode``; mean ± std of the final metrics and per epoch."""
     started = time.perf_counter()
+    recipes, seeds = check_recipes(recipes), check_seeds(seeds)  # before any work
     settings = settings_for(mode, **overrides)
     _say(progress, f"softlab compare ({mode} budget): {', '.join(recipes)} × seeds {', '.join(map(str, seeds))}")
     ctx = prepare(settings, out, progress)

@@ -9,6 +9,9 @@ A run lives in ``<out>/<name>/``::
 
 Batches and mixing draws are functions of (seed, epoch, step), and the checkpoint carries every other state,
 so a run stopped between two steps and resumed computes the same metrics as an uninterrupted one (on the CPU).
+
+A non-finite loss, gradient or weight stops the run with :class:`TrainingDivergedError` at that step; a checkpoint
+is never written with non-finite weights, so the last good one stays in place.
 """
 from __future__ import annotations
 
@@ -25,11 +28,22 @@ from .. import __version__
 from ..evaluate import EvalImages, classification_metrics, predict
 from . import build, checkpoint
 from .config import TrainConfig
-from .events import Broadcaster, EndEvent, EpochEvent, ErrorEvent, RunControl, StartEvent, StepEvent
+from .events import Broadcaster, EndEvent, EpochEvent, ErrorEvent, NoteEvent, RunControl, StartEvent, StepEvent
 from .progress import TqdmProgress
 from .recipes import StepContext, create_recipe, get_recipe
 
 TIMING_KEYS = ("seconds", "eval_seconds", "elapsed", "images_per_s")
+
+
+class TrainingDivergedError(RuntimeError, FloatingPointError):
+    """Training produced a non-finite loss, gradient or weight; nothing non-finite was written to a checkpoint.
+
+    ``epoch`` and ``step`` are 1-based (the step within the epoch), ``lr`` the learning rate of that step and
+    ``checkpoint`` the last good checkpoint of the run (None when there is none)."""
+
+    def __init__(self, message: str, *, epoch: int, step: int, lr: float, checkpoint: str | None):
+        super().__init__(message)
+        self.epoch, self.step, self.lr, self.checkpoint = epoch, step, lr, checkpoint
 
 
 @dataclass
@@ -71,6 +85,8 @@ class Trainer:
         self.emit = Broadcaster([*callbacks, TqdmProgress() if config.progress else None])
         self.resume, self.overwrite = resume, overwrite
         self.run_dir = Path(config.out) / config.run_name
+        self.notes: list[dict] = []
+        self.good_checkpoint: tuple[str, int, int] | None = None  # (path, epochs done, steps into the next)
 
     # ----- public
     def run(self) -> RunResult:
@@ -91,7 +107,9 @@ class Trainer:
         recipe = get_recipe(config.recipe)
         self.dataset = build.training_data(config, objects["dataset"])
         self.store, labels = build.open_labels(config, self.dataset, objects["store"])
+        build.check_store_classes(self.store, self.dataset)
         self.teacher = self._teacher(recipe)
+        build.check_teacher_classes(self.teacher, self.dataset, self.device)
         channels, self.size = build.input_geometry(config, self.dataset, self.store, self.teacher)
         mean, std = (config.mean, config.std) if config.mean and config.std else build.image_stats(self.dataset)
         num_classes = self.dataset.num_classes
@@ -99,6 +117,8 @@ class Trainer:
         self.student.to(self.device)
         if self.device.type == "cuda" and config.channels_last:
             self.student.to(memory_format=torch.channels_last)
+        if objects["student"] is not None:  # a given module: its head may not fit the data
+            build.check_student_classes(self.student, self.dataset, self.device)
         trained = torch.compile(self.student) if config.compile else self.student
         self.distiller = create_recipe(config.recipe, trained, self.teacher, num_classes=num_classes,
                                        mixing=config.mixing, label_temperature=config.label_temperature,
@@ -109,7 +129,10 @@ class Trainer:
         self.optimizer = build.build_optimizer(config, self.student)
         self.schedule = build.build_schedule(config, self.optimizer, self.loader.steps_per_epoch)
         self.eval_images = self._eval_images()
+        build.check_eval_classes(self.eval_images, self.dataset)
         self.reference = self._reference()
+        self.crop_counts = build.kept_crop_counts(self.loader.source)
+        self.notes = self._notes()
         self.resolved = self._describe()
 
     def _describe(self) -> dict:
@@ -122,7 +145,53 @@ class Trainer:
                 "store": str(self.store.path) if self.store is not None else None,
                 "teacher": getattr(self.teacher, "spec", None), "student": self.student.describe(),
                 "mixing": self.distiller.mixing.to_dict(), "recipe_options": self.distiller.options,
-                "eval_images": len(self.eval_images) if self.eval_images is not None else 0}
+                "eval_images": len(self.eval_images) if self.eval_images is not None else 0,
+                **self.crop_counts, "notes": [note["text"] for note in self.notes]}
+
+    def _notes(self) -> list[dict]:
+        """What the user should know about how crops are drawn: images skipped when the labels were generated
+        (undecodable, so without labels) and images a calibration leaves without a kept crop (both never trained
+        on), and images with fewer kept crops than ``num_crops`` (drawn with replacement)."""
+        counts, loader, notes = self.crop_counts, self.loader, []
+        if not counts:
+            return notes
+        calibration = self.config.calibration
+        by = ("the FerKD calibration (" + ", ".join(f"{k}={v}" for k, v in calibration.items()) + ")"
+              if calibration else "the label store's kept-crop mask")
+        total, without = loader.num_images, counts["images_without_kept_crops"]
+        skipped = counts.get("skipped_images", 0)
+        trained = total - without - skipped
+        visits = (f"each epoch visits the other {trained} images once and {total - trained} more drawn at random "
+                  "among them (with replacement), so every epoch still takes "
+                  f"{loader.steps_per_epoch} steps over {total} image visits")
+        if skipped:
+            manifest = Path(loader.source.store.path) / "manifest.json"
+            notes.append({"topic": "skipped_images", "text":
+                          f"{skipped} of {total} training images {'was' if skipped == 1 else 'were'} skipped when "
+                          f"the labels were generated (undecodable; listed under \"skipped\" in {manifest}): "
+                          f"{'it has no labels and is' if skipped == 1 else 'they have no labels and are'} never "
+                          "trained on" + ("" if without else f"; {visits}")})
+        if without:
+            notes.append({"topic": "images_without_kept_crops", "text":
+                          f"{without} of {total} training images {'has' if without == 1 else 'have'} no crop kept by "
+                          f"{by}: {'it is' if without == 1 else 'they are'} never trained on; {visits}"})
+        few = counts["images_with_crops_drawn_with_replacement"]
+        if few:
+            mask, num_crops = loader.source.kept, loader.source.num_crops
+            per_image = mask.sum(axis=1)
+            per_image = per_image[(per_image > 0) & (per_image < num_crops)]
+            low, high = int(per_image.min()), int(per_image.max())
+            listed = getattr(loader.source, "skipped", None)  # skipped images have no crop, stored or kept
+            labelled = mask if listed is None else mask[~listed]
+            kept = "kept" if calibration or not labelled.all() else "stored"
+            span = f"{low}" if low == high else f"{low} to {high}"
+            notes.append({"topic": "images_with_crops_drawn_with_replacement", "text":
+                          f"--num-crops {self.config.num_crops} is more than the {kept} crops of {few} of "
+                          f"{trained} trained images (they have {span}): for those images the "
+                          f"{self.config.num_crops} crops of a step are drawn with replacement among their {kept} "
+                          "crops, so some crops repeat within a step"
+                          + (" (the other images' are drawn without replacement)" if few < trained else "")})
+        return notes
 
     def _teacher(self, recipe):
         teacher = self.objects["teacher"]
@@ -172,12 +241,19 @@ class Trainer:
         config_path = self.run_dir / "config.json"
         if config_path.exists() and not self.overwrite:
             if not self.resume:
+                if not last.exists():
+                    raise FileExistsError(f"run {self.run_dir} exists but has no checkpoint (an earlier attempt "
+                                          "ended before writing one): start it again with --overwrite / "
+                                          "overwrite=True, or with --resume / resume=True if the settings are the "
+                                          "same, or choose another --name")
                 raise FileExistsError(f"run {self.run_dir} exists: resume it (--resume / resume=True), choose another "
                                       "--name, or overwrite it (--overwrite / overwrite=True)")
-            stored = TrainConfig.from_dict(json.loads(config_path.read_text())["config"])
-            changed = stored.differences(self.config)
+            stored = self._stored_config(config_path, last)
+            changed = stored.differences(self.config) if stored is not None else []
             if changed:
-                raise ValueError(f"cannot resume {self.run_dir}: the config differs in {', '.join(changed)}")
+                raise ValueError(f"cannot resume {self.run_dir}: the config differs in {', '.join(changed)} (a run "
+                                 "resumes with the settings it started with); to train with the new settings, "
+                                 "overwrite it (--overwrite / overwrite=True) or choose another --name")
             if last.exists():
                 return checkpoint.load(last, map_location="cpu")  # RNG states must stay on the CPU
         if self.overwrite and self.run_dir.exists():
@@ -185,11 +261,23 @@ class Trainer:
 
             shutil.rmtree(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "metrics.jsonl").write_text("")
-        config_path.write_text(json.dumps({"config": self.config.to_dict(), "resolved": self.resolved,
-                                           "softlab_version": __version__,
-                                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
+        checkpoint.write_text_atomic(self.run_dir / "metrics.jsonl", "")
+        checkpoint.write_text_atomic(config_path, json.dumps({
+            "config": self.config.to_dict(), "resolved": self.resolved, "softlab_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
         return None
+
+    def _stored_config(self, config_path: Path, last: Path) -> TrainConfig | None:
+        """The config a run started with; None when config.json is unreadable and nothing was trained yet (the
+        run then starts afresh)."""
+        try:
+            return TrainConfig.from_dict(json.loads(config_path.read_text())["config"])
+        except (ValueError, KeyError, TypeError) as error:
+            if not last.exists():
+                return None
+            raise ValueError(f"cannot resume {self.run_dir}: {config_path.name} is unreadable ({error}); the "
+                             "checkpoint's own copy of the settings is in checkpoints/last.pt — restore "
+                             "config.json from a copy, or start again with --overwrite") from None
 
     def _restore(self, state: dict) -> tuple[int, int, _EpochStats, list[dict]]:
         self.student.load_state_dict(state["student"])
@@ -198,17 +286,47 @@ class Trainer:
         self.distiller.load_extra_state(state["recipe"])
         checkpoint.set_rng_state(state["rng"])
         self.elapsed = float(state["elapsed"])
-        history = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line]
-        history = [m for m in history if m["epoch"] <= state["epoch"]]
+        # The history is the metrics lines of the epochs the checkpoint has done. Lines of later epochs (written
+        # before a kill stopped their checkpoint) and unreadable lines (a torn last line left by an older,
+        # non-atomic writer) are dropped; a line missing for a finished epoch cannot be recomputed, so it is
+        # reported and the run goes on from its checkpoint.
+        done = int(state["epoch"])
+        path = self.run_dir / "metrics.jsonl"
+        by_epoch = {}
+        for line in (path.read_text().splitlines() if path.is_file() else []):
+            try:
+                metrics = json.loads(line)
+                epoch = int(metrics["epoch"])
+            except (ValueError, TypeError, KeyError, IndexError):
+                continue
+            if 1 <= epoch <= done:
+                by_epoch[epoch] = metrics
+        missing = [epoch for epoch in range(1, done + 1) if epoch not in by_epoch]
+        if missing:
+            import warnings
+
+            warnings.warn(f"{path} has no readable line for epoch(s) {', '.join(map(str, missing))}; resuming from "
+                          f"the checkpoint after epoch {done} with those lines missing from the history",
+                          RuntimeWarning, stacklevel=2)
+        history = [by_epoch[epoch] for epoch in sorted(by_epoch)]
         self._write_history(history)
-        return int(state["epoch"]), int(state["step"]), _EpochStats(**state["epoch_stats"]), history
+        return done, int(state["step"]), _EpochStats(**state["epoch_stats"]), history
 
     def _write_history(self, history: list[dict]) -> None:
-        lines = "".join(json.dumps(m) + "\n" for m in history)
-        (self.run_dir / "metrics.jsonl").write_text(lines)
+        """Rewrite metrics.jsonl atomically: a process killed at any moment leaves the old history or the new one."""
+        checkpoint.write_text_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
 
     def _save(self, epoch: int, step: int, stats: _EpochStats) -> str:
-        """Checkpoint at a position: ``epoch`` epochs done and ``step`` steps of the next one."""
+        """Checkpoint at a position: ``epoch`` epochs done and ``step`` steps of the next one. Refuses (raising
+        :class:`TrainingDivergedError`) to write non-finite weights, so the last good checkpoint stays."""
+        bad = [name for name, value in self.student.state_dict().items()
+               if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            position = f"after epoch {epoch}" + (f", step {step}" if step else "")
+            raise self._diverged(epoch - 1 if step == 0 else epoch, (step or self.loader.steps_per_epoch) - 1,
+                                 f"the student's {bad[0]}{more} is not finite, so the checkpoint {position} is not "
+                                 "written")
         payload = {"epoch": epoch, "step": step, "student": self.student.state_dict(),
                    "student_info": self.student.describe(), "optimizer": self.optimizer.state_dict(),
                    "scheduler": self.schedule.state_dict(), "recipe": self.distiller.extra_state(),
@@ -217,19 +335,48 @@ class Trainer:
         path = checkpoint.save(self.run_dir / "checkpoints" / "last.pt", **payload)
         if self.config.keep_epoch_checkpoints and step == 0:
             checkpoint.save(self.run_dir / "checkpoints" / f"epoch_{epoch:03d}.pt", **payload)
+        self.good_checkpoint = (str(path), epoch, step)
         return str(path)
+
+    def _diverged(self, epoch: int, step: int, what: str) -> TrainingDivergedError:
+        """The error for a non-finite loss, gradient or weight at ``step`` of ``epoch`` (0-based): where, the
+        learning rate, what to change and what became of the run's checkpoint."""
+        config, steps = self.config, self.loader.steps_per_epoch
+        lr = self.optimizer.param_groups[0]["lr"]
+        hint = f"lower the learning rate (--lr {config.lr:g}; {lr:.3g} at this step)"
+        if config.warmup_epochs < config.epochs:
+            hint += f" or warm it up over more epochs (--warmup-epochs, now {config.warmup_epochs:g})"
+        if self.good_checkpoint is not None:
+            path, done, within = self.good_checkpoint
+            position = f"epoch {done}" + (f", step {within}" if within else "")
+            kept = (f"The last good checkpoint, after {position}, is kept ({path}); --resume continues from it but "
+                    "keeps the run's settings, so to change them rerun with --overwrite or another --name.")
+        else:
+            kept = ("No checkpoint was written: rerun with --overwrite (or another --name); --resume with the same "
+                    "settings starts over.")
+        return TrainingDivergedError(
+            f"training diverged at epoch {epoch + 1}, step {step + 1} of {steps}"
+            + (f" (step {epoch * steps + step + 1} of {config.epochs * steps} overall)" if config.epochs > 1 else "")
+            + f": {what}. To fix it, {hint}. {kept}",
+            epoch=epoch + 1, step=step + 1, lr=lr,
+            checkpoint=self.good_checkpoint[0] if self.good_checkpoint else None)
 
     # ----- the loop
     def _train(self) -> RunResult:
         config, loader = self.config, self.loader
         checkpoint.seed_everything(config.seed)
         self.elapsed = 0.0
+        self.good_checkpoint = None
         state = self._open_run_dir()
         epoch, step, stats, history = (0, 0, _EpochStats(), []) if state is None else self._restore(state)
+        if state is not None:
+            self.good_checkpoint = (str(self.run_dir / "checkpoints" / "last.pt"), epoch, step)
         steps_per_epoch, total = loader.steps_per_epoch, config.epochs * loader.steps_per_epoch
         name = config.run_name
         self.emit(StartEvent(run=name, recipe=config.recipe, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
                              total_steps=total, start_step=epoch * steps_per_epoch + step, run_dir=str(self.run_dir)))
+        for note in self.notes:
+            self.emit(NoteEvent(run=name, text=note["text"], topic=note["topic"]))
         self.distiller.train()
         last_checkpoint = None
         while epoch < config.epochs:
@@ -252,7 +399,7 @@ class Trainer:
                            seconds=round(self.elapsed, 3), checkpoint=last_checkpoint,
                            metrics=history[-1] if history else {}))
         return RunResult(name, str(self.run_dir), "finished", history, final, last_checkpoint, self.elapsed,
-                         self.distiller.teacher_forwards)
+                         self.distiller.teacher_forwards, {"notes": [note["text"] for note in self.notes]})
 
     def _autocast(self):
         if self.device.type == "cuda" and self.config.amp:
@@ -271,11 +418,16 @@ class Trainer:
             logits, parts = self.distiller.forward_train(batch, ctx)
         loss = sum(parts.values())
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                                     "lower the learning rate")
+            raise self._diverged(epoch, step, f"the loss is {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        gradients = [p.grad for p in self.student.parameters() if p.grad is not None]
+        if gradients and not _finite(gradients):  # checked before the update, which would spread them
+            raise self._diverged(epoch, step, f"the gradients are not finite (loss {loss.item():.4g})")
         self.optimizer.step()
+        if not _finite([*self.student.parameters(), *(b for b in self.student.buffers() if b.is_floating_point())]):
+            raise self._diverged(epoch, step, f"this step's update made the weights non-finite (loss "
+                                              f"{loss.item():.4g})")
         lr = self.optimizer.param_groups[0]["lr"]
         self.schedule.step()
         count = len(batch)
@@ -316,7 +468,7 @@ class Trainer:
         result = classification_metrics(logits, self.eval_images.targets, self.reference,
                                         self.eval_images.class_names or None)
         result = {"data": self.eval_images.name, **result}
-        (self.run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        checkpoint.write_text_atomic(self.run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
         return result
 
     def _stopped(self, epoch: int, step: int, stats: _EpochStats, history: list[dict]) -> RunResult:
@@ -325,7 +477,13 @@ class Trainer:
                            step=epoch * self.loader.steps_per_epoch + step, seconds=round(self.elapsed, 3),
                            checkpoint=path, metrics=history[-1] if history else {}))
         return RunResult(self.config.run_name, str(self.run_dir), "stopped", history, None, path, self.elapsed,
-                         self.distiller.teacher_forwards)
+                         self.distiller.teacher_forwards, {"notes": [note["text"] for note in self.notes]})
+
+
+def _finite(tensors) -> bool:
+    """Whether every value of every tensor is finite: one max-abs reduction (NaN and ±inf propagate, large finite
+    values cannot overflow it) and one device sync."""
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(tensors, float("inf"))))
 
 
 def metrics_without_timing(history: list[dict]) -> list[dict]:

@@ -73,7 +73,19 @@ class ErrorEvent:
     time: float = field(default_factory=time.time)
 
 
-Event = StartEvent | StepEvent | EpochEvent | EndEvent | ErrorEvent
+@dataclass
+class NoteEvent:
+    """Something about the run the user should know that is not an error (e.g. images a FerKD calibration
+    leaves without a kept crop); emitted after the start event, also listed in config.json's ``resolved``."""
+
+    run: str
+    text: str
+    topic: str = ""          # a short key, e.g. "images_without_kept_crops"
+    kind: str = "note"
+    time: float = field(default_factory=time.time)
+
+
+Event = StartEvent | StepEvent | EpochEvent | EndEvent | ErrorEvent | NoteEvent
 
 
 def to_dict(event) -> dict:

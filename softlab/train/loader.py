@@ -54,7 +54,9 @@ class RandomCrops:
 class StoredCrops:
     """``num_crops`` of an image's stored regions, drawn without replacement among its kept crops (with
     replacement when fewer are kept). ``labels`` is a :class:`~softlab.labels.LabelStore` or a
-    :class:`~softlab.calibrate.CalibratedStore` view; discarded crops are never drawn."""
+    :class:`~softlab.calibrate.CalibratedStore` view; discarded crops are never drawn, and neither are the crops
+    of images the store lists as skipped (undecodable when the labels were generated: ``skipped``, bool ``[N]``),
+    which have no kept crop."""
 
     stored = True
 
@@ -63,15 +65,22 @@ class StoredCrops:
         self.store = getattr(labels, "store", labels)
         kept = getattr(labels, "kept", None)
         self.kept = np.ones((self.store.num_images, self.store.num_crops), bool) if kept is None else np.asarray(kept)
+        skipped = self.store.skipped_mask() if hasattr(self.store, "skipped_mask") else None
+        self.skipped = np.zeros(self.store.num_images, bool) if skipped is None else np.asarray(skipped, bool)
+        if self.skipped.any():
+            self.kept = self.kept & ~self.skipped[:, None]
         self.interpolation = self.store.manifest["crops"].get("interpolation", "bicubic")
 
     def eligible_images(self) -> np.ndarray:
-        """Images with at least one kept crop."""
+        """Images with at least one kept crop (never a skipped image)."""
         return np.flatnonzero(self.kept.any(axis=1))
 
     def draw(self, epoch: int, image: int, height: int, width: int):
         rng = np.random.default_rng([self.seed, _CROPS, epoch, image])
         kept = np.flatnonzero(self.kept[image])
+        if self.skipped[image]:
+            raise ValueError(f"image {image} was skipped when the labels were generated (it could not be decoded): "
+                             "it has no labels to train on")
         if not len(kept):
             raise ValueError(f"image {image} has no kept crop under this calibration")
         chosen = rng.choice(kept, size=self.num_crops, replace=len(kept) < self.num_crops)
@@ -128,8 +137,8 @@ class MultiCropLoader:
     """Batches of ``batch_images`` images × ``num_crops`` crops, deterministic in (seed, epoch, step).
 
     ``images`` are the dataset indices an epoch visits; with a calibration that leaves some image no kept crop,
-    those images are skipped and the epoch is topped up with a seeded draw of the others, so every recipe
-    takes the same number of steps on the same number of crops.
+    or a store that lists images skipped at generation, those images are left out and the epoch is topped up
+    with a seeded draw of the others, so every recipe takes the same number of steps on the same number of crops.
     """
 
     def __init__(self, dataset, source, batch_images: int, size: int, seed: int, device=None,

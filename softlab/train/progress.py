@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
-from .events import EndEvent, EpochEvent, ErrorEvent, StartEvent, StepEvent
+from .events import EndEvent, EpochEvent, ErrorEvent, NoteEvent, StartEvent, StepEvent
 
 
 class TqdmProgress:
-    """One bar per run over its optimisation steps, a line per epoch, a line at the end."""
+    """One bar per run over its optimisation steps, a line per note and per epoch, a line at the end."""
 
     def __init__(self, position: int | None = None, leave: bool = True, epoch_lines: bool = True):
         self.position, self.leave, self.epoch_lines = position, leave, epoch_lines
@@ -28,6 +28,9 @@ class TqdmProgress:
         self.bar.update(event.step - self.bar.n)
         self.bar.set_postfix(epoch=event.epoch, loss=f"{event.loss:.3f}", acc=f"{event.accuracy:.2f}",
                              lr=f"{event.lr:.2g}", img_s=f"{event.images_per_s:.0f}", refresh=False)
+
+    def on_note(self, event: NoteEvent) -> None:
+        tqdm.write(f"{event.run} note: {event.text}")
 
     def on_epoch(self, event: EpochEvent) -> None:
         if not self.epoch_lines:
