@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from softlab.calibrate import CATEGORIES, Calibration, calibrate, categorise, softened_hard_labels
+from softlab.calibrate import (CATEGORIES, Calibration, calibrate, categorise, softened_hard_labels,
+                               thresholds_per_image)
 from softlab.labels import generate_labels
 from tiny import LinearTeacher, NoiseImages
 
@@ -104,3 +105,78 @@ def test_unlabelled_images_cannot_be_calibrated():
 
 def test_category_names():
     assert CATEGORIES == ("discarded_hard", "hard", "important", "discarded_easy")
+
+
+def category_by_rule(y, low, mid, top):
+    """FerKD's rule for one crop, written out: easy first, then discarded hard, hard, important."""
+    if y > top:
+        return E
+    if y < low:
+        return D
+    return H if y < mid else I
+
+
+def loop_categories(y_s, calibration, skipped):
+    """A per-crop loop: thresholds of each image (np.quantile of its own row in quantile mode), then the rule."""
+    levels = np.array([calibration.t_low, calibration.t_mid, calibration.t_top])
+    expected = np.full(y_s.shape, -1, dtype=np.int8)
+    for image, row in enumerate(y_s):
+        if skipped[image]:
+            continue
+        thresholds = levels if calibration.mode == "absolute" else np.quantile(row, levels)
+        low, mid, top = (np.float32(t) for t in thresholds)
+        for crop, y in enumerate(row):
+            expected[image, crop] = category_by_rule(y, low, mid, top)
+    return expected
+
+
+CALIBRATIONS = [Calibration(0.1, 0.3, 0.9), Calibration(0.05, 0.05, 0.7), Calibration(0.2, 0.6, 0.6),
+                Calibration(0.0, 0.0, 1.0), Calibration(0.0, 0.0, 0.0), Calibration(1.0, 1.0, 1.0),
+                Calibration(0.3, 0.3, 0.3)]
+
+
+@pytest.mark.parametrize("crops", [11, 17])
+@pytest.mark.parametrize("mode", ["absolute", "quantile"])
+@pytest.mark.parametrize("calibration", CALIBRATIONS)
+def test_categories_equal_a_loop_over_crops(calibration, mode, crops):
+    calibration = calibration.replace(mode=mode)
+    rng = np.random.default_rng(crops)
+    y_s = rng.random((60, crops)).astype(np.float32)
+    y_s[:, :5] = np.round(y_s[:, :5], 1)  # ties, and values exactly at 0.1, 0.3, ... (absolute thresholds)
+    levels = np.float32([calibration.t_low, calibration.t_mid, calibration.t_top])
+    y_s[::3, 5:8] = levels  # exactly on the absolute thresholds
+    y_s[1::4, 8] = np.nextafter(levels[2], np.float32(2))  # the first float above T_T
+    y_s[2::4, 8] = np.nextafter(levels[0], np.float32(-1))  # the last float below T_L
+    y_s[::7] = rng.integers(0, 3, size=crops) / np.float32(2)  # whole rows of ties (quantiles on data values)
+    skipped = np.zeros(len(y_s), dtype=bool)
+    skipped[[4, 19, 33]] = True
+    y_s[skipped] = np.nan  # no labels: skipped at generation
+    y_s[33, :3] = 0.5  # a skipped image with some numbers left in it is skipped all the same
+    expected = loop_categories(y_s, calibration, skipped)
+    assert np.array_equal(categorise(y_s, calibration, skipped), expected)
+    labelled = ~skipped
+    assert np.array_equal(categorise(y_s[labelled], calibration), expected[labelled])
+    assert categorise(y_s, calibration, skipped).dtype == np.int8
+
+
+@pytest.mark.parametrize("levels", [(0.1, 0.3, 0.9), (0.0, 0.5, 1.0), (0.25, 0.25, 0.75), (0.33, 0.61, 0.97)])
+def test_quantile_thresholds_equal_numpy_exactly(levels):
+    rng = np.random.default_rng(1)
+    y_s = rng.random((50, 13)).astype(np.float32)
+    y_s[:, :6] = np.round(y_s[:, :6], 1)
+    y_s[3] = np.nan
+    y_s[7, 2] = np.nan  # rows with a NaN (skipped images) give NaN thresholds, as numpy's
+    expected = np.quantile(y_s, np.array(levels), axis=1).T
+    assert np.array_equal(thresholds_per_image(y_s, Calibration(*levels, mode="quantile")), expected, equal_nan=True)
+
+
+def test_cut_points_follow_the_rule_for_any_threshold_order():
+    from softlab.calibrate.ferkd import _cut_points
+
+    rng = np.random.default_rng(2)
+    thresholds = np.round(rng.random((200, 3)), 1).astype(np.float32)  # unordered, some equal
+    y_s = np.round(rng.random((200, 9)), 1).astype(np.float32)
+    low, mid, top = _cut_points(thresholds)
+    got = (y_s >= low).astype(np.int8) + (y_s >= mid) + (y_s > top)
+    expected = [[category_by_rule(y, *t) for y in row] for row, t in zip(y_s, thresholds)]
+    assert got.tolist() == expected

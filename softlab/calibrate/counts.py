@@ -10,26 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ferkd import CATEGORIES, Calibration, HARD, IMPORTANT, check_labelled, skipped_mask
-
-
-def sorted_row_quantiles(sorted_rows: np.ndarray, levels) -> np.ndarray:
-    """float64 ``[N, len(levels)]``: ``np.quantile(rows, levels, axis=1).T`` for rows already sorted ascending.
-
-    The same 'linear' rule and arithmetic as numpy (virtual index q·(n − 1), and numpy's two-sided lerp), so the
-    values are identical, without numpy's partition of every row.
-    """
-    count = sorted_rows.shape[1]
-    virtual = np.asarray(levels, dtype=np.float64) * (count - 1)
-    below = np.floor(virtual).astype(np.intp)
-    above = np.minimum(below + 1, count - 1)
-    gamma = virtual - below
-    low, high = sorted_rows[:, below], sorted_rows[:, above]
-    step = high - low
-    values = low + step * gamma
-    upper = gamma >= 0.5
-    values[:, upper] = (high - step * (1 - gamma))[:, upper]
-    return values
+from .ferkd import (CATEGORIES, Calibration, HARD, IMPORTANT, check_labelled, skipped_mask,
+                    sorted_row_quantiles)
 
 
 class CategoryCounter:

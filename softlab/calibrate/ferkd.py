@@ -67,12 +67,48 @@ class Calibration:
         return replace(self, **changes)
 
 
+def sorted_row_quantiles(sorted_rows: np.ndarray, levels) -> np.ndarray:
+    """float64 ``[N, len(levels)]``: ``np.quantile(rows, levels, axis=1).T`` for rows already sorted ascending.
+
+    The same 'linear' rule and arithmetic as numpy (virtual index q·(n − 1), and numpy's two-sided lerp), so the
+    values are identical, without numpy's partition of every row.
+    """
+    count = sorted_rows.shape[1]
+    virtual = np.asarray(levels, dtype=np.float64) * (count - 1)
+    below = np.floor(virtual).astype(np.intp)
+    above = np.minimum(below + 1, count - 1)
+    gamma = virtual - below
+    low, high = sorted_rows[:, below], sorted_rows[:, above]
+    step = high - low
+    values = low + step * gamma
+    upper = gamma >= 0.5
+    values[:, upper] = (high - step * (1 - gamma))[:, upper]
+    return values
+
+
+def row_quantiles(rows: np.ndarray, levels) -> np.ndarray:
+    """float64 ``[N, len(levels)]``, equal to ``np.quantile(rows, levels, axis=1).T`` (numpy's 'linear' method).
+
+    Sorts each row once (contiguous, vectorised) instead of numpy's partition along the moved axis: over 10×
+    faster for 1M values. Rows with a NaN give NaN, as in numpy.
+    """
+    rows = np.asarray(rows)
+    if rows.shape[1] == 0:
+        return np.full((rows.shape[0], len(levels)), np.nan)
+    rows = np.sort(rows, axis=1)  # NaN sort last
+    with np.errstate(invalid="ignore"):
+        values = sorted_row_quantiles(rows, levels)
+    if np.issubdtype(rows.dtype, np.floating):
+        values[np.isnan(rows[:, -1])] = np.nan
+    return values
+
+
 def thresholds_per_image(y_s: np.ndarray, calibration: Calibration) -> np.ndarray:
     """float ``[N, 3]``: (T_L, T_M, T_T) for every image (the same row repeated in absolute mode)."""
     levels = np.array([calibration.t_low, calibration.t_mid, calibration.t_top])
     if calibration.mode == "absolute":
         return np.broadcast_to(levels, (y_s.shape[0], 3))
-    return np.quantile(y_s, levels, axis=1).T
+    return row_quantiles(y_s, levels)
 
 
 def skipped_mask(store) -> np.ndarray | None:
@@ -96,21 +132,42 @@ def categorise(y_s: np.ndarray, calibration: Calibration, skipped: np.ndarray | 
 
     ``skipped`` (bool ``[N]``) marks images without labels (skipped at generation): their crops get
     :data:`NO_LABEL`. Raises when another image has no ground-truth label (y_s is NaN): FerKD needs one.
+
+    A crop's category is a sum of comparisons, ``(y >= T_L) + (y >= T_M) + (y > T_T)`` in int8, with the cut
+    points adjusted per image (see :func:`_cut_points`) so that the result is the rule in the module docstring
+    for any thresholds, ordered or not: ``y > T_T`` first, then ``y < T_L``, then ``y < T_M``.
     """
     y_s = np.asarray(y_s, dtype=np.float32)
     skipped = None if skipped is None or not np.any(skipped) else np.asarray(skipped, dtype=bool)
     check_labelled(y_s, skipped)
+    if calibration.mode == "absolute":
+        t = np.array([[calibration.t_low, calibration.t_mid, calibration.t_top]], dtype=np.float64)
+    else:  # per image; the rows of skipped images (NaN) get NaN thresholds and are overwritten below
+        t = thresholds_per_image(y_s, calibration)
+    low, mid, top = _cut_points(t.astype(np.float32))
+    categories = np.greater_equal(y_s, low).view(np.int8)
+    above = np.empty(y_s.shape, dtype=bool)
+    categories += np.greater_equal(y_s, mid, out=above)
+    categories += np.greater(y_s, top, out=above)
     if skipped is not None:
-        categories = np.full(y_s.shape, NO_LABEL, dtype=np.int8)
-        categories[~skipped] = categorise(y_s[~skipped], calibration)
-        return categories
-    t = thresholds_per_image(y_s, calibration).astype(np.float32)
-    low, mid, top = t[:, :1], t[:, 1:2], t[:, 2:3]
-    categories = np.full(y_s.shape, IMPORTANT, dtype=np.int8)
-    categories[y_s < mid] = HARD
-    categories[y_s < low] = DISCARDED_HARD
-    categories[y_s > top] = DISCARDED_EASY
+        categories[skipped] = NO_LABEL
     return categories
+
+
+def _cut_points(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float32 ``[N, 1]`` each: (T_L', T_M', T_T) such that ``(y >= T_L') + (y >= T_M') + (y > T_T)`` is FerKD's
+    category of a float32 ``y`` cut at ``t`` = (T_L, T_M, T_T) float32.
+
+    T_M' = max(T_L, T_M) (with T_M < T_L nothing is hard: below T_L is discarded, above it important), and both
+    lower cuts are capped at the first float32 above T_T, so every ``y > T_T`` sums to 3 (discarded easy) while
+    no ``y <= T_T`` changes side. For ordered thresholds (always, up to rounding) T_L' = T_L and T_M' = T_M.
+    """
+    low, mid, top = t[:, 0:1], t[:, 1:2], t[:, 2:3]
+    with np.errstate(invalid="ignore"):
+        cap = np.nextafter(top, np.float32(np.inf))
+        mid = np.minimum(np.maximum(low, mid), cap)
+        low = np.minimum(low, cap)
+    return low, mid, top
 
 
 def softened_hard_labels(targets: torch.Tensor, num_classes: int, epsilon: float) -> torch.Tensor:
