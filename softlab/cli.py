@@ -43,6 +43,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _batch_size(text: str):
+    """argparse type: "auto" or a whole number of at least 1."""
+    return "auto" if text == "auto" else _positive_int(text)
+
+
 def _add_label_commands(sub) -> None:
     labels = sub.add_parser("labels", help="region soft labels: generate, inspect, import/export FKD format")
     commands = labels.add_subparsers(dest="action", required=True)
@@ -62,7 +67,13 @@ def _add_label_commands(sub) -> None:
     gen.add_argument("--flip-p", type=float, default=0.5)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--chunk-size", type=_positive_int, default=None, help="images per resumable chunk")
-    gen.add_argument("--batch-size", type=_positive_int, default=256, help="crops per teacher forward")
+    gen.add_argument("--batch-size", type=_batch_size, default="auto",
+                     help="crops per teacher forward, or auto (the default): the fastest of a few sizes, measured "
+                          "at the start and cached per teacher and device under $SOFTLAB_HOME/autotune")
+    gen.add_argument("--cutter", choices=("exact", "auto"), default=None,
+                     help="how crops are cut: exact (one resized_crop per crop) or auto (small images' crops many "
+                          "images at once, the same pixels up to float rounding); default: a resumed store's own, "
+                          "else auto")
     gen.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing store with other settings")
     gen.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
@@ -172,7 +183,7 @@ def cmd_labels_generate(args) -> int:
         store = generate_labels(dataset, teacher, args.out, num_crops=args.crops, label_type=args.label_type,
                                 temperature=args.temperature, crop_params=params, seed=args.seed,
                                 chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
-                                overwrite=args.overwrite, on_bad_image=args.on_bad_image)
+                                overwrite=args.overwrite, on_bad_image=args.on_bad_image, cutter=args.cutter)
     _print_summary(store.summary())
     skipped = skipped_images(store)
     if skipped:

@@ -1,7 +1,13 @@
-"""FKD region soft-label generation: crops per image, one batched teacher pass, a resumable chunked store."""
+"""FKD region soft-label generation: crops per image, batched teacher passes, a resumable chunked store.
+
+The teacher's batch size is measured per teacher and device (:mod:`softlab.labels.autotune`); crops of small
+images are cut for many images at once (:func:`~softlab.data.crops.cut_crops_batched`, the same pixels as
+the per-crop ``resized_crop`` up to float rounding).
+"""
 from __future__ import annotations
 
 import contextlib
+import json
 import operator
 import shutil
 import time
@@ -13,11 +19,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.base import BadImageError, ImageDataset
-from ..data.crops import CropParams, cut_crops, sample_crops
+from ..data.crops import (CUTTERS, CropParams, batched_cut_pays, cut_crops, cut_crops_batched, pixel_boxes,
+                          sample_crops)
+from .autotune import BatchChoice, pick_batch_size
 from .quantize import entropy, parse_label_type, quantize
 from .store import LabelStore, StoreError, write_json_atomic
 
-# A store made with these settings can be resumed only with the same values.
+# A store made with these settings can be resumed only with the same values ("crops" includes the cutter; a
+# store without one was cut "exact"). The teacher's batch size is not among them: it is recorded under
+# "generation", and a resumed run reuses it, since fp32 results may differ in the last bits across batch sizes.
 _RESUME_KEYS = (("dataset", "fingerprint"), ("dataset", "num_images"), ("teacher", "spec"),
                 ("teacher", "weights_sha256"), ("crops",), ("label",), ("chunk_size",))
 
@@ -63,7 +73,7 @@ def default_device() -> torch.device:
 
 
 def build_manifest(dataset: ImageDataset, teacher, num_crops: int, label_type, temperature: float,
-                   crop_params: CropParams, seed: int, chunk_size: int) -> dict:
+                   crop_params: CropParams, seed: int, chunk_size: int, cutter: str = "exact") -> dict:
     label_type = parse_label_type(label_type)
     if teacher.num_classes != dataset.num_classes:
         raise ValueError(f"teacher {teacher.spec} predicts {teacher.num_classes} classes but {dataset.name} has "
@@ -78,7 +88,7 @@ def build_manifest(dataset: ImageDataset, teacher, num_crops: int, label_type, t
                     "classes": list(dataset.classes)},
         "teacher": teacher.describe(),
         "crops": {**crop_params.to_dict(), "num_crops": int(num_crops), "seed": int(seed),
-                  "teacher_input_size": list(teacher.input_size)},
+                  "teacher_input_size": list(teacher.input_size), "cutter": cutter},
         "label": {"type": label_type.name, "k": label_type.stored_k(dataset.num_classes),
                   "temperature": float(temperature), "num_classes": dataset.num_classes,
                   "y_s": "teacher probability of the ground-truth class at temperature T"},
@@ -92,6 +102,8 @@ def _mismatches(old: dict, new: dict) -> list[str]:
         a, b = old, new
         for key in path:
             a, b = (a or {}).get(key), (b or {}).get(key)
+        if path == ("crops",) and isinstance(a, dict) and "cutter" not in a:
+            a = {**a, "cutter": "exact"}  # stores from before the choice of cutter
         if a != b:
             out.append(f"{'.'.join(path)}: store has {a!r}, asked for {b!r}")
     return out
@@ -126,6 +138,9 @@ def open_or_create(out, manifest: dict, dataset: ImageDataset, overwrite: bool) 
                          "store there")
     image_ids = [dataset.image_id(i) for i in range(len(dataset))]
     return LabelStore.create(out, manifest, image_ids, dataset.targets)
+
+
+_GROUP_CROPS = 1024  # crops cut at once by cut_crops_batched
 
 
 class _CropBatcher:
@@ -180,6 +195,17 @@ def _chunk_rows(dataset, teacher, store: LabelStore, start: int, stop: int, batc
     targets = torch.full((count,), -1, dtype=torch.int64)
     good = torch.ones(count, dtype=torch.bool)
     skipped = []
+    cutter = store.manifest["crops"].get("cutter", "exact")
+    group: list = []  # images waiting to be cut together: (image, coords, flips)
+
+    def cut_group() -> None:
+        if group:
+            images = torch.stack([image for image, _, _ in group])
+            boxes = np.stack([pixel_boxes(c, *images.shape[-2:]) for _, c, _ in group])
+            batcher.add(cut_crops_batched(images, boxes, np.stack([f for _, _, f in group]), size,
+                                          params.interpolation))
+            group.clear()
+
     for offset, index in enumerate(range(start, stop)):
         try:
             image, target = dataset[index]
@@ -195,9 +221,18 @@ def _chunk_rows(dataset, teacher, store: LabelStore, start: int, stop: int, batc
             image = image.pin_memory().to(device, non_blocking=True)
         height, width = image.shape[-2:]
         coords, flips = sample_crops(height, width, num_crops, params, seed, index)
-        batcher.add(cut_crops(image, coords, flips, size, params.interpolation))
+        image = image.as_subclass(torch.Tensor)
+        if (cutter == "auto" and image.dim() == 3 and size[0] == size[1]
+                and batched_cut_pays(image.shape, size[0], params.interpolation)):
+            if group and (group[0][0].shape != image.shape or len(group) * num_crops >= _GROUP_CROPS):
+                cut_group()
+            group.append((image, coords, flips))
+        else:
+            cut_group()
+            batcher.add(cut_crops(image, coords, flips, size, params.interpolation))
         coords_all[offset], flips_all[offset], targets[offset] = coords, flips, target
         progress.update(1)
+    cut_group()
     probs = torch.zeros(count, num_crops, store.num_classes)
     if good.any():
         probs[good] = batcher.finish().reshape(int(good.sum()), num_crops, -1)
@@ -247,15 +282,26 @@ def _finished_skipped(store: LabelStore) -> list[dict]:
 
 def generate_labels(dataset: ImageDataset, teacher, out, num_crops: int | None = None,
                     label_type="marginal_smoothing_k5", temperature: float = 1.0, crop_params: CropParams | None = None,
-                    seed: int = 0, chunk_size: int | None = None, batch_size: int = 256, device=None,
+                    seed: int = 0, chunk_size: int | None = None, batch_size: int | str = "auto", device=None,
                     overwrite: bool = False, progress: bool = True, before_marker=None,
-                    on_bad_image: str = "fail") -> LabelStore:
+                    on_bad_image: str = "fail", cutter: str | None = None) -> LabelStore:
     """Generate (or resume) a region soft-label store for ``dataset`` with ``teacher`` into folder ``out``.
 
-    Each image is decoded once; its ``num_crops`` RandomResizedCrop regions (seeded per image) are cut with
-    transforms.v2 at the teacher's input size and fed to the teacher in batches of ``batch_size`` crops that
-    span images. Results are written per chunk of ``chunk_size`` images; rerunning the same call after an
-    interruption (Ctrl-C, kill -9) continues with the first unfinished chunk and gives identical arrays.
+    Each image is decoded once; its ``num_crops`` RandomResizedCrop regions (seeded per image) are cut at the
+    teacher's input size and fed to the teacher in batches of ``batch_size`` crops that span images. Results
+    are written per chunk of ``chunk_size`` images; rerunning the same call after an interruption (Ctrl-C,
+    kill -9) continues with the first unfinished chunk and gives identical arrays.
+
+    ``batch_size`` "auto" (the default) times the teacher's forward on a few batch sizes at the start and takes
+    the fastest (:func:`softlab.labels.autotune.pick_batch_size`; cached under ``$SOFTLAB_HOME/autotune``); a
+    resumed store reuses the batch size its first run recorded, so that resumed arrays stay identical to an
+    uninterrupted run's. The choice and how it was made are recorded in the manifest's ``"generation"`` entry.
+
+    ``cutter`` "exact" cuts each crop with ``transforms.v2.functional.resized_crop``; "auto" cuts the crops of
+    small images (where it is faster: :func:`~softlab.data.crops.batched_cut_pays`) many images at once with
+    :func:`~softlab.data.crops.cut_crops_batched`, the same antialiased resize to float rounding (pixels within
+    ~1e-5), and larger images as "exact". It is a store setting (``manifest["crops"]["cutter"]``): None (the
+    default) means the store's own when resuming (stores from before this option: "exact"), else "auto".
 
     ``num_crops`` None means the data set's ``default_crops``. An image that cannot be decoded (not an image,
     truncated: :class:`~softlab.data.BadImageError`) stops the run before anything of its chunk is written
@@ -271,18 +317,32 @@ def generate_labels(dataset: ImageDataset, teacher, out, num_crops: int | None =
                              "crops per image; None means the data set's default")
     chunk_size = _check_count("chunk_size", max(1, 4096 // num_crops) if chunk_size is None else chunk_size,
                               "images per chunk; None picks one")
-    batch_size = _check_count("batch_size", batch_size, "crops per teacher forward")
+    if not (isinstance(batch_size, str) and batch_size == "auto"):
+        batch_size = _check_count("batch_size", batch_size, "crops per teacher forward, or \"auto\"")
+    if cutter is not None and cutter not in CUTTERS:
+        raise ValueError(f"cutter must be one of {', '.join(CUTTERS)}, got {cutter!r}")
+    if cutter is None:
+        cutter = _existing_cutter(out, overwrite) or "auto"
     manifest = build_manifest(dataset, teacher, num_crops, label_type, temperature, crop_params or CropParams(),
-                              seed, chunk_size)
+                              seed, chunk_size, cutter)
     store = open_or_create(out, manifest, dataset, overwrite)
     pending = store.pending_chunks()
     teacher = teacher.to(device).eval()
     if device.type == "cuda":
         teacher = teacher.to(memory_format=torch.channels_last)
-    batcher = _CropBatcher(teacher, batch_size, device, temperature)
     todo = sum(store.chunk_bounds(c)[1] - store.chunk_bounds(c)[0] for c in pending)
+    choice = _choose_batch_size(store, teacher, device, batch_size, todo * num_crops) if todo else None
+    if choice is not None:
+        if progress:
+            print(choice.describe(), flush=True)
+        store.manifest["generation"] = {"batch_size": choice.batch_size, "batch_size_from": choice.source,
+                                        "autotune": choice.to_dict()}
+        write_json_atomic(store.path / "manifest.json", store.manifest)
+    batcher = _CropBatcher(teacher, choice.batch_size if choice else 1, device, temperature)
     started = time.perf_counter()
-    bar = tqdm(total=todo, unit="img", desc=f"labels {Path(out).name}", disable=not progress)
+    if progress and not todo:
+        print(f"labels {Path(out).name}: all {store.num_images} images are labelled already; reopening the store")
+    bar = tqdm(total=todo, unit="img", desc=f"labels {Path(out).name}", disable=not progress or not todo)
     skipped_now = 0
     try:
         for chunk in pending:
@@ -304,7 +364,7 @@ def generate_labels(dataset: ImageDataset, teacher, out, num_crops: int | None =
     bar.close()
     elapsed = time.perf_counter() - started
     crops_done = (todo - skipped_now) * num_crops
-    throughput = {"crops": crops_done, "seconds": round(elapsed, 3),
+    throughput = {**(store.manifest.get("generation") or {}), "crops": crops_done, "seconds": round(elapsed, 3),
                   "crops_per_s": round(crops_done / elapsed, 1) if elapsed > 0 else None, "device": device.type}
     if progress and crops_done:
         print(f"generated {crops_done} crop labels in {elapsed:.1f} s: {throughput['crops_per_s']} crops/s "
@@ -317,3 +377,26 @@ def generate_labels(dataset: ImageDataset, teacher, out, num_crops: int | None =
         warnings.warn(describe_skipped(skipped, store.num_images, store.path / "manifest.json"),
                       SkippedImagesWarning, stacklevel=2)
     return store
+
+
+def _existing_cutter(out, overwrite: bool) -> str | None:
+    """The cutter of the store in ``out`` that this run would resume ("exact" for stores from before the
+    option), or None when there is none."""
+    path = Path(out) / "manifest.json"
+    if overwrite or not path.is_file():
+        return None
+    try:
+        crops = json.loads(path.read_text()).get("crops") or {}
+    except (OSError, ValueError, AttributeError):
+        return None  # open_or_create reports the damage
+    return crops.get("cutter", "exact") if isinstance(crops, dict) else None
+
+
+def _choose_batch_size(store: LabelStore, teacher, device: torch.device, batch_size, crops: int) -> BatchChoice:
+    """An explicit batch size; else the one a resumed store's earlier run used; else the measured fastest."""
+    if batch_size != "auto":
+        return BatchChoice(int(batch_size), "given")
+    earlier = (store.manifest.get("generation") or {}).get("batch_size")
+    if isinstance(earlier, int) and not isinstance(earlier, bool) and earlier >= 1:
+        return BatchChoice(earlier, "store")
+    return pick_batch_size(teacher, device, tuple(teacher.input_size), max_crops=crops)

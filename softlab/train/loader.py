@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..data.crops import CropParams, cut_crops, pixel_boxes, sample_crop_boxes, normalise_boxes
+# the cutters live with the crops; re-exported here, where training's batches use them
+from ..data.crops import (CropParams, crop_theta, cut_batch, cut_crops, cut_crops_grid, normalise_boxes,  # noqa: F401
+                          pixel_boxes, sample_crop_boxes)
 
 _ORDER, _CROPS = 11, 13  # stream tags mixed into the seeds
 
@@ -89,48 +90,6 @@ class StoredCrops:
 
     def soft_labels(self, image_index: np.ndarray, crop_index: np.ndarray) -> torch.Tensor:
         return self.labels.labels(image_index, crop_index)
-
-
-def crop_theta(boxes: np.ndarray, flips: np.ndarray, height: int, width: int) -> torch.Tensor:
-    """Affine matrices ``[N, 2, 3]`` mapping output grids onto pixel boxes (i, j, h, w) (align_corners=False)."""
-    i, j, h, w = (torch.as_tensor(boxes[:, k], dtype=torch.float32) for k in range(4))
-    theta = torch.zeros(len(boxes), 2, 3)
-    sign = torch.where(torch.as_tensor(np.asarray(flips, dtype=bool)), -1.0, 1.0)
-    theta[:, 0, 0], theta[:, 0, 2] = sign * w / width, (2 * j + w) / width - 1
-    theta[:, 1, 1], theta[:, 1, 2] = h / height, (2 * i + h) / height - 1
-    return theta
-
-
-def cut_crops_grid(images: torch.Tensor, boxes: np.ndarray, flips: np.ndarray, size: int,
-                   interpolation: str = "bicubic") -> torch.Tensor:
-    """All crops of a batch of same-size images in one ``grid_sample``: ``images`` ``[B, C, H, W]`` (uint8 or
-    float), ``boxes`` ``[B, n, 4]`` pixel (i, j, h, w), ``flips`` ``[B, n]`` → float ``[B·n, C, size, size]``.
-
-    The same resized crop as ``transforms.v2.functional.resized_crop`` up to the interpolation kernel; it has no
-    antialiasing, so use it for crops no larger than ``size`` (upsampling), as :func:`cut_batch` does.
-    """
-    batch, count = boxes.shape[:2]
-    height, width = images.shape[-2:]
-    source = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-    theta = crop_theta(boxes.reshape(-1, 4), flips.reshape(-1), height, width).to(source.device)
-    grid = F.affine_grid(theta, [batch * count, 1, size, size], align_corners=False)
-    grid = grid.view(batch, count * size, size, 2)
-    mode = "bicubic" if interpolation == "bicubic" else "bilinear" if interpolation == "bilinear" else "nearest"
-    out = F.grid_sample(source, grid, mode=mode, padding_mode="border", align_corners=False)
-    out = out.view(batch, -1, count, size, size).transpose(1, 2).reshape(batch * count, -1, size, size)
-    return out.clamp_(0, 1)
-
-
-def cut_batch(images: list[torch.Tensor], coords: list[np.ndarray], flips: list[np.ndarray], size: int,
-              interpolation: str) -> torch.Tensor:
-    """Crops of several images → ``[sum n, C, size, size]``; one batched grid_sample for same-size images whose
-    crops are all upsampled, exact antialiased ``cut_crops`` otherwise."""
-    shapes = {tuple(image.shape) for image in images}
-    boxes = [pixel_boxes(c, *image.shape[-2:]) for c, image in zip(coords, images)]
-    upsampled = all((b[:, 2:] <= size).all() for b in boxes)
-    if len(shapes) == 1 and upsampled and len({len(b) for b in boxes}) == 1:
-        return cut_crops_grid(torch.stack(images), np.stack(boxes), np.stack(flips), size, interpolation)
-    return torch.cat([cut_crops(image, c, f, size, interpolation) for image, c, f in zip(images, coords, flips)])
 
 
 class MultiCropLoader:
