@@ -154,7 +154,8 @@ def prepare(settings: DemoSettings, out, progress: bool = True) -> DemoContext:
     started = time.perf_counter()
     teacher = demo_teacher(settings, progress)
     timings["teacher"] = time.perf_counter() - started
-    _say(progress, f"teacher: {teacher.spec} (test top-1 recorded at training: {teacher.accuracy})")
+    recorded = "not recorded" if teacher.accuracy is None else f"{teacher.accuracy:.4f}"
+    _say(progress, f"teacher: {teacher.spec} (test top-1 recorded at training: {recorded})")
     train_set = load_dataset("fashion-mnist", limit=settings.train_images)
     test_set = load_dataset("fashion-mnist:test", limit=settings.test_images)
     started = time.perf_counter()
