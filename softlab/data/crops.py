@@ -176,13 +176,15 @@ def cut_crops_grid(images: torch.Tensor, boxes: np.ndarray, flips: np.ndarray, s
 
 def cut_batch(images: list[torch.Tensor], coords: list[np.ndarray], flips: list[np.ndarray], size: int,
               interpolation: str) -> torch.Tensor:
-    """Crops of several images → ``[sum n, C, size, size]``; one batched grid_sample for same-size images whose
-    crops are all upsampled, exact antialiased ``cut_crops`` otherwise."""
+    """Crops of several images → ``[sum n, C, size, size]``: the pixels :func:`cut_crops` gives (so a student
+    sees the regions as the teacher saw them when the labels were made), all at once with
+    :func:`cut_crops_batched` for same-size images where that is cheaper, image by image otherwise."""
     shapes = {tuple(image.shape) for image in images}
-    boxes = [pixel_boxes(c, *image.shape[-2:]) for c, image in zip(coords, images)]
-    upsampled = all((b[:, 2:] <= size).all() for b in boxes)
-    if len(shapes) == 1 and upsampled and len({len(b) for b in boxes}) == 1:
-        return cut_crops_grid(torch.stack(images), np.stack(boxes), np.stack(flips), size, interpolation)
+    if len(shapes) == 1 and len({len(c) for c in coords}) == 1 and batched_cut_pays(images[0].shape, size,
+                                                                                    interpolation):
+        height, width = images[0].shape[-2:]
+        boxes = pixel_boxes(np.concatenate(coords), height, width).reshape(len(images), -1, 4)
+        return cut_crops_batched(torch.stack(images), boxes, np.stack(flips), size, interpolation)
     return torch.cat([cut_crops(image, c, f, size, interpolation) for image, c, f in zip(images, coords, flips)])
 
 
