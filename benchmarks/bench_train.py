@@ -5,7 +5,7 @@
     python benchmarks/bench_train.py --teacher-widths 48,96,192,384 --profile 5
 
 Prints crops/s for (1) the student's forward + backward alone on ready crops (the reference), (2) the teacher's
-forward alone on the same crops (its cost in student steps), (3) multi-crop loading with the batched grid_sample
+forward alone on the same crops (its cost in student steps), (3) multi-crop loading with the batched
 cutter and (4) with the per-crop transforms.v2 cutter, (5) a whole FKD step (load, stored labels, forward,
 backward) with ``--num-crops`` crops per decoded image and (6) with one crop per image (``num_crops`` times as
 many images, the same crops per step), and (7) a whole KD step (fresh crops plus an online teacher forward).
@@ -128,7 +128,7 @@ def main() -> None:
         measures = {
             "student forward+backward (reference)": (student_only, per_step),
             "teacher forward alone": (teacher_only, per_step),
-            "loading, batched grid_sample cutter": (lambda s: stored.batch(0, s % stored.steps_per_epoch), per_step),
+            "loading, batched cutter": (lambda s: stored.batch(0, s % stored.steps_per_epoch), per_step),
             "loading, per-crop transforms.v2 cutter": (per_crop_cutting, per_step),
             f"FKD step, {args.num_crops} crops per image": (whole_step("fkd", stored), per_step),
             "FKD step, 1 crop per image": (whole_step("fkd", single), single.crops_per_step),
