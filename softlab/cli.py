@@ -171,19 +171,31 @@ def cmd_labels_generate(args) -> int:
     from .data.crops import CropParams
     import warnings
 
+    import torch
+
+    from . import distributed
     from .labels import generate_labels
-    from .labels.generate import SkippedImagesWarning, describe_skipped, skipped_images
+    from .labels.generate import SkippedImagesWarning, default_device, describe_skipped, skipped_images
     from .teachers import create_teacher
 
-    dataset = load_dataset(args.data, root=args.root, download=args.download, limit=args.limit)
-    teacher = create_teacher(args.teacher, weights=args.teacher_weights)
-    params = CropParams(scale=tuple(args.scale), ratio=tuple(args.ratio), flip_p=args.flip_p)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SkippedImagesWarning)  # reported below, after the summary
-        store = generate_labels(dataset, teacher, args.out, num_crops=args.crops, label_type=args.label_type,
-                                temperature=args.temperature, crop_params=params, seed=args.seed,
-                                chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
-                                overwrite=args.overwrite, on_bad_image=args.on_bad_image, cutter=args.cutter)
+    # under torchrun: one process per GPU (cuda:LOCAL_RANK), the pending chunks shared out among them
+    device = torch.device(args.device) if args.device else default_device()
+    ctx = distributed.init(device)
+    try:
+        with distributed.main_first():  # rank 0 downloads data or weights first; the others find them cached
+            dataset = load_dataset(args.data, root=args.root, download=args.download, limit=args.limit)
+            teacher = create_teacher(args.teacher, weights=args.teacher_weights)
+        params = CropParams(scale=tuple(args.scale), ratio=tuple(args.ratio), flip_p=args.flip_p)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SkippedImagesWarning)  # reported below, after the summary
+            store = generate_labels(dataset, teacher, args.out, num_crops=args.crops, label_type=args.label_type,
+                                    temperature=args.temperature, crop_params=params, seed=args.seed,
+                                    chunk_size=args.chunk_size, batch_size=args.batch_size, device=device,
+                                    overwrite=args.overwrite, on_bad_image=args.on_bad_image, cutter=args.cutter)
+    finally:
+        distributed.shutdown()
+    if not ctx.is_main:
+        return 0
     _print_summary(store.summary())
     skipped = skipped_images(store)
     if skipped:

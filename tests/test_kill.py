@@ -29,6 +29,7 @@ import torch
 from softlab.train import RunControl, TrainConfig, metrics_without_timing, train
 from softlab.train import checkpoint
 from softlab.train.engine import TIMING_KEYS
+from tiny import write_image_folder
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and SIGKILL")
 
@@ -150,14 +151,7 @@ def kill_when(child: Child, progress, target: int, fraction: float, period: floa
 
 # ----- the tiny data set, teacher and reference store
 def _make_images(root: Path) -> None:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for i in range(NUM_IMAGES):
-        folder = root / f"class{i % 3}"
-        folder.mkdir(parents=True, exist_ok=True)
-        pixels = rng.integers(0, 256, size=(24 + i % 7, 30 - i % 5, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"img{i:02d}.png")
+    write_image_folder(root, NUM_IMAGES, height=(24, 7), width=(30, 5))
 
 
 def _make_teacher(path: Path) -> None:

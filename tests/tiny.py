@@ -71,3 +71,18 @@ def tiny_config(tmp_path, recipe="fkd", **changes):
                     epochs=1, batch_images=6, num_crops=2, lr=0.05, eval_data=None, progress=False,
                     calibration=TINY_CALIBRATION if recipe == "ferkd" else None, seed=3, device="cpu")
     return TrainConfig(**{**settings, **changes})
+
+
+def write_image_folder(root, count: int, classes: int = 3, height=(24, 7), width=(30, 5), seed: int = 0) -> None:
+    """``count`` random PNGs in ``root/class<k>/img<i>.png`` (image i in class i % classes), of varied sizes:
+    image i is ``height[0] + i % height[1]`` × ``width[0] - i % width[1]`` pixels (a folder data set to label)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        folder = Path(root) / f"class{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, size=(height[0] + i % height[1], width[0] - i % width[1], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i:02d}.png")

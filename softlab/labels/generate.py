@@ -3,6 +3,12 @@
 The teacher's batch size is measured per teacher and device (:mod:`softlab.labels.autotune`); crops of small
 images are cut for many images at once (:func:`~softlab.data.crops.cut_crops_batched`, the same pixels as
 the per-crop ``resized_crop`` up to float rounding).
+
+Under ``torchrun`` (after :func:`softlab.distributed.init`) the pending chunks are shared out among the ranks:
+rank 0 creates (or checks) the store and fixes the teacher's batch size first, every rank then writes its own
+chunks' rows and markers into the same memory-mapped store, and rank 0 finalises it after a barrier. A chunk's
+rows depend only on the chunk and the batch size (the crop batcher is flushed at every chunk end), so the store
+is byte for byte the one a single process makes.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..data.base import BadImageError, ImageDataset
 from ..data.crops import (CUTTERS, CropParams, batched_cut_pays, cut_crops, cut_crops_batched, pixel_boxes,
                           sample_crops)
@@ -114,6 +121,7 @@ def open_or_create(out, manifest: dict, dataset: ImageDataset, overwrite: bool) 
     if overwrite and out.exists():
         shutil.rmtree(out)
     if (out / "manifest.json").is_file():
+        _list_marker_skipped(out)
         store = LabelStore.open(out, allow_partial=True)
         problems = _mismatches(store.manifest, manifest)
         if problems:
@@ -275,9 +283,62 @@ def _note_skipped(store: LabelStore, start: int, stop: int, skipped: list[dict])
 
 
 def _finished_skipped(store: LabelStore) -> list[dict]:
-    """The listed skipped images of finished chunks (a crash between listing and marker can leave others)."""
-    done = store.image_done()
-    return [entry for entry in store.manifest.get("skipped") or [] if done[entry["index"]]]
+    """The skipped images of finished chunks: from their markers, or from the manifest for chunks whose marker
+    names none (a crash between listing and marker can leave entries of unfinished chunks: they are dropped)."""
+    return _merged_skipped(store.path, store.manifest)
+
+
+def _merged_skipped(path: Path, manifest: dict) -> list[dict]:
+    """Skipped images of the finished chunks of the store in ``path``. A marker written by :func:`generate_labels`
+    lists its chunk's skipped images (``"skipped"``, possibly empty) and is authoritative for that chunk; for
+    markers without the entry (stores from before it, imports) the manifest's entries are kept."""
+    chunk_size, count = manifest["chunk_size"], manifest["dataset"]["num_images"]
+    num_chunks = -(-count // chunk_size)
+    listed: dict[int, list | None] = {}
+    for marker in (path / "chunks").glob("*.json"):
+        if not marker.stem.isdigit() or int(marker.stem) >= num_chunks:
+            continue
+        try:
+            content = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            content = None  # a damaged marker: the store's own checks report it
+        entries = content.get("skipped") if isinstance(content, dict) else None
+        ok = isinstance(entries, list) and all(isinstance(e, dict) and isinstance(e.get("index"), int)
+                                               for e in entries)
+        listed[int(marker.stem)] = entries if ok else None
+    merged = {}
+    for entry in manifest.get("skipped") or []:
+        chunk = entry["index"] // chunk_size
+        if chunk in listed and listed[chunk] is None:
+            merged[entry["index"]] = entry
+    for entries in listed.values():
+        for entry in entries or ():
+            merged[entry["index"]] = entry
+    return sorted(merged.values(), key=lambda entry: entry["index"])
+
+
+def _list_marker_skipped(out: Path) -> None:
+    """Before an incomplete store is reopened: list the skipped images its chunk markers name in the manifest.
+
+    Under torchrun the ranks record a chunk's skipped images in its marker only (one manifest, many writers
+    would race); a run killed before rank 0 merged them leaves a manifest that does not name them, and the
+    store's checks would take their label-less rows for damage. Only rank 0 (or a single process) calls this,
+    before any other process opens the store."""
+    path = out / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict) or manifest.get("complete"):
+            return
+        listed = manifest.get("skipped")
+        if listed is not None and not (isinstance(listed, list) and all(
+                isinstance(e, dict) and isinstance(e.get("index"), int) for e in listed)):
+            return  # an invalid list: LabelStore.open reports it
+        merged = _merged_skipped(out, manifest)
+    except (OSError, ValueError, TypeError, KeyError, ZeroDivisionError, AttributeError):
+        return  # a damaged manifest: LabelStore.open reports it
+    if merged != (listed or []):
+        manifest["skipped"] = merged
+        write_json_atomic(path, manifest)
 
 
 def generate_labels(dataset: ImageDataset, teacher, out, num_crops: int | None = None,
@@ -309,6 +370,14 @@ def generate_labels(dataset: ImageDataset, teacher, out, num_crops: int | None =
     labels: its rows have NaN ``y_s``/``entropy`` and zero probabilities, and it is listed under ``"skipped"`` in
     the manifest (:func:`skipped_images`), reported by a :class:`SkippedImagesWarning`. The other images keep
     the crops they would have had, since crops are seeded per image index.
+
+    Under ``torchrun`` (once :func:`softlab.distributed.init` has joined the process group, as ``softlab labels
+    generate`` does) rank r of W takes the pending chunks ``pending[r::W]``, and a CUDA device means
+    ``cuda:LOCAL_RANK``. Rank 0 creates or checks the store and chooses the batch size (recorded under
+    ``"generation"``, read back by the others) before they open it; each chunk's skipped images go into its
+    marker, and rank 0 lists them in the manifest when it finalises the store after every rank is done. The
+    store is the one a single process writes; a run killed part way is resumed with any number of processes.
+    Only rank 0 shows progress and warns; the other ranks return the store without checking it again.
     """
     if on_bad_image not in BAD_IMAGE_MODES:
         raise ValueError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_MODES)}, got {on_bad_image!r}")
@@ -321,59 +390,101 @@ def generate_labels(dataset: ImageDataset, teacher, out, num_crops: int | None =
         batch_size = _check_count("batch_size", batch_size, "crops per teacher forward, or \"auto\"")
     if cutter is not None and cutter not in CUTTERS:
         raise ValueError(f"cutter must be one of {', '.join(CUTTERS)}, got {cutter!r}")
-    if cutter is None:
-        cutter = _existing_cutter(out, overwrite) or "auto"
-    manifest = build_manifest(dataset, teacher, num_crops, label_type, temperature, crop_params or CropParams(),
-                              seed, chunk_size, cutter)
-    store = open_or_create(out, manifest, dataset, overwrite)
-    pending = store.pending_chunks()
-    teacher = teacher.to(device).eval()
-    if device.type == "cuda":
-        teacher = teacher.to(memory_format=torch.channels_last)
-    todo = sum(store.chunk_bounds(c)[1] - store.chunk_bounds(c)[0] for c in pending)
-    choice = _choose_batch_size(store, teacher, device, batch_size, todo * num_crops) if todo else None
-    if choice is not None:
-        if progress:
-            print(choice.describe(), flush=True)
-        store.manifest["generation"] = {"batch_size": choice.batch_size, "batch_size_from": choice.source,
-                                        "autotune": choice.to_dict()}
-        write_json_atomic(store.path / "manifest.json", store.manifest)
+    ctx = distributed.context()
+    if ctx.distributed and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", ctx.local_rank)
+    show = progress and ctx.is_main
+    choice = None
+    # rank 0 creates (or checks) the store and fixes the batch size before the other ranks open it
+    with distributed.main_first():
+        if cutter is None:
+            cutter = _existing_cutter(out, overwrite and ctx.is_main) or "auto"
+        manifest = build_manifest(dataset, teacher, num_crops, label_type, temperature,
+                                  crop_params or CropParams(), seed, chunk_size, cutter)
+        store = open_or_create(out, manifest, dataset, overwrite and ctx.is_main)
+        pending = store.pending_chunks()
+        teacher = teacher.to(device).eval()
+        if device.type == "cuda":
+            teacher = teacher.to(memory_format=torch.channels_last)
+        todo = sum(store.chunk_bounds(c)[1] - store.chunk_bounds(c)[0] for c in pending)
+        if todo and ctx.is_main:
+            choice = _choose_batch_size(store, teacher, device, batch_size, todo * num_crops)
+            if show:
+                print(choice.describe(), flush=True)
+            store.manifest["generation"] = {"batch_size": choice.batch_size, "batch_size_from": choice.source,
+                                            "autotune": choice.to_dict()}
+            write_json_atomic(store.path / "manifest.json", store.manifest)
+    if todo and not ctx.is_main:  # rank 0's choice, read from the manifest it wrote before the others opened it
+        choice = _choose_batch_size(store, teacher, device, batch_size, todo * num_crops)
+        if choice.source not in ("given", "store"):
+            raise StoreError(f"rank {ctx.rank}: {out} records no teacher batch size from rank 0")
+    distributed.barrier()  # every rank has the same list of pending chunks before any marker is written
+    mine = pending[ctx.rank::ctx.world_size]  # a balanced round-robin share of the pending chunks
     batcher = _CropBatcher(teacher, choice.batch_size if choice else 1, device, temperature)
     started = time.perf_counter()
-    if progress and not todo:
+    if show and not todo:
         print(f"labels {Path(out).name}: all {store.num_images} images are labelled already; reopening the store")
-    bar = tqdm(total=todo, unit="img", desc=f"labels {Path(out).name}", disable=not progress or not todo)
+    # one bar, on rank 0: its own images as they go, every rank's finished chunks at each of its chunk ends
+    bar = tqdm(total=todo, unit="img", desc=f"labels {Path(out).name}", disable=not show or not todo)
+
+    def show_all_ranks() -> bool:
+        finished = store.finished_chunks()
+        done = sum(store.chunk_bounds(c)[1] - store.chunk_bounds(c)[0] for c in pending if c in finished)
+        if done > bar.n:
+            bar.update(done - bar.n)
+        return done == todo
+
     skipped_now = 0
     try:
-        for chunk in pending:
+        for chunk in mine:
             start, stop = store.chunk_bounds(chunk)
             rows, skipped = _chunk_rows(dataset, teacher, store, start, stop, batcher, device, bar, on_bad_image)
-            _note_skipped(store, start, stop, skipped)
+            if not ctx.distributed:  # one writer: the manifest names the finished chunks' skipped images at once
+                _note_skipped(store, start, stop, skipped)
             skipped_now += len(skipped)
-            store.write_chunk(chunk, rows, before_marker=before_marker)
+            store.write_chunk(chunk, rows, before_marker=before_marker, marker_extra={"skipped": skipped})
+            if ctx.distributed and not bar.disable:
+                show_all_ranks()
             elapsed = time.perf_counter() - started
             bar.set_postfix(crops_per_s=f"{bar.n * num_crops / max(elapsed, 1e-9):.0f}")
+        if ctx.distributed and not bar.disable:
+            while not show_all_ranks():  # the other ranks' last chunks
+                time.sleep(0.5)
     except KeyboardInterrupt:
         bar.close()
-        done = len(store.finished_chunks())
-        print(f"interrupted: {done}/{store.num_chunks} chunks are safely written; rerun the same command to resume")
+        if ctx.is_main:
+            done = len(store.finished_chunks())
+            print(f"interrupted: {done}/{store.num_chunks} chunks are safely written; rerun the same command to "
+                  "resume")
         raise
     except BadImageError:
         bar.close()
         raise
     bar.close()
-    elapsed = time.perf_counter() - started
-    crops_done = (todo - skipped_now) * num_crops
-    throughput = {**(store.manifest.get("generation") or {}), "crops": crops_done, "seconds": round(elapsed, 3),
-                  "crops_per_s": round(crops_done / elapsed, 1) if elapsed > 0 else None, "device": device.type}
-    if progress and crops_done:
-        print(f"generated {crops_done} crop labels in {elapsed:.1f} s: {throughput['crops_per_s']} crops/s "
-              f"on {device.type} ({teacher.spec})")
-    if not store.manifest.get("complete"):
-        store.finalize({"generation": throughput, "skipped": _finished_skipped(store)})
-    store = LabelStore.open(out)
+    distributed.barrier()  # every rank's chunks are written
+    if ctx.is_main:
+        elapsed = time.perf_counter() - started
+        merged = _finished_skipped(store) if todo else []
+        if ctx.distributed:  # the skipped images of every rank's chunks, from their markers
+            redone = set(pending)
+            skipped_now = sum(1 for entry in merged if store.chunk_of(entry["index"]) in redone)
+        crops_done = (todo - skipped_now) * num_crops
+        throughput = {**(store.manifest.get("generation") or {}), "crops": crops_done, "seconds": round(elapsed, 3),
+                      "crops_per_s": round(crops_done / elapsed, 1) if elapsed > 0 else None,
+                      "device": device.type}
+        if ctx.distributed:
+            throughput["world_size"] = ctx.world_size
+        if show and crops_done:
+            ranks = f" on {ctx.world_size} processes" if ctx.distributed else ""
+            print(f"generated {crops_done} crop labels in {elapsed:.1f} s: {throughput['crops_per_s']} crops/s "
+                  f"on {device.type}{ranks} ({teacher.spec})")
+        if not store.manifest.get("complete"):
+            store.finalize({"generation": throughput, "skipped": merged if todo else _finished_skipped(store)})
+    distributed.barrier()  # rank 0 has finalised the store
+    # rank 0 has just checked every checksum: the other ranks only map the files
+    store = LabelStore.open(out) if ctx.is_main else LabelStore.open(out, verify="none")
     skipped = skipped_images(store)
-    if skipped:
+    if skipped and ctx.is_main:
         warnings.warn(describe_skipped(skipped, store.num_images, store.path / "manifest.json"),
                       SkippedImagesWarning, stacklevel=2)
     return store

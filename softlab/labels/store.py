@@ -11,7 +11,8 @@ Layout of ``<store>/``::
     entropy.npy          float32 [N, n]      entropy (nats) of the teacher distribution
     targets.npy          int64   [N]
     image_ids.json       stable image names (relative paths for folders)
-    chunks/<c>.json      one marker per finished chunk of images, with the sha256 of its bytes
+    chunks/<c>.json      one marker per finished chunk of images, with the sha256 of its bytes (and, from
+                         `softlab labels generate`, the chunk's skipped images)
 
 Images that could not be decoded when the labels were generated (``on_bad_image="skip"``) keep their index but
 have no labels: the manifest lists them under ``"skipped"`` (``{index, id, path, reason, detail}``), and their rows
@@ -151,8 +152,9 @@ class LabelStore:
         done = self.finished_chunks()
         return [c for c in range(self.num_chunks) if c not in done]
 
-    def write_chunk(self, chunk: int, rows: dict, before_marker=None) -> None:
-        """Write one chunk's per-crop rows, flush them, then publish the chunk's marker."""
+    def write_chunk(self, chunk: int, rows: dict, before_marker=None, marker_extra: dict | None = None) -> None:
+        """Write one chunk's per-crop rows, flush them, then publish the chunk's marker (with the entries of
+        ``marker_extra`` besides its own: a generator records the chunk's skipped images there)."""
         start, stop = self.chunk_bounds(chunk)
         digests = {}
         for name in PER_CROP_ARRAYS:
@@ -167,7 +169,8 @@ class LabelStore:
             digests[name] = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
         if before_marker is not None:
             before_marker(chunk)
-        write_json_atomic(self._marker(chunk), {"chunk": chunk, "start": start, "stop": stop, "sha256": digests})
+        write_json_atomic(self._marker(chunk), {**(marker_extra or {}), "chunk": chunk, "start": start, "stop": stop,
+                                                "sha256": digests})
 
     def finalize(self, extra: dict | None = None) -> None:
         """Mark the store complete, recording whole-array checksums (after every chunk has its marker).
