@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import threading
 
@@ -127,15 +128,26 @@ def print_notes(event) -> None:
 
 
 def cmd_train(args) -> int:
+    """Train in this process, or as one of the processes torchrun started (``torchrun --nproc_per_node N -m
+    softlab.cli train …``: rank 0 prints and writes the run folder; a SIGINT to any worker stops every one at the
+    same step with a checkpoint)."""
+    from .. import distributed
     from .events import RunControl
     from .run import train
 
     config = config_from_args(args)
     control = RunControl()
+    main = not distributed.launched_by_torchrun() or int(os.environ.get("RANK", 0)) == 0
     # the progress display prints notes; without it they still reach the terminal
-    callbacks = [print_notes] if args.no_progress else []
-    with stop_on_interrupt(control):
-        result = train(config, control=control, resume=args.resume, overwrite=args.overwrite, callbacks=callbacks)
+    callbacks = [print_notes] if args.no_progress and main else []
+    try:
+        with stop_on_interrupt(control):
+            result = train(config, control=control, resume=args.resume, overwrite=args.overwrite,
+                           callbacks=callbacks)
+    finally:
+        distributed.shutdown()
+    if not main:
+        return 0
     final = result.final or {}
     if result.status == "stopped":
         print(f"stopped; resume with the same command plus --resume (checkpoint {result.checkpoint})")

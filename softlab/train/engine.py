@@ -12,19 +12,27 @@ so a run stopped between two steps and resumed computes the same metrics as an u
 
 A non-finite loss, gradient or weight stops the run with :class:`TrainingDivergedError` at that step; a checkpoint
 is never written with non-finite weights, so the last good one stays in place.
+
+Under ``torchrun`` (``torchrun --nproc_per_node N -m softlab.cli train …``) each process trains on its block of
+every step's images (the same seeded epoch order everywhere, so the global batch and the steps per epoch are the
+config's), the student is wrapped in ``DistributedDataParallel`` and each process's loss is weighted by its share,
+so the averaged gradient is the single-process batch mean. Metrics are summed over processes; evaluation, the
+run folder, checkpoints and metrics are rank 0's. Recipes that keep per-image state (pskd) are refused.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, distributed
 from ..evaluate import EvalImages, classification_metrics, predict
 from . import build, checkpoint
 from .config import TrainConfig
@@ -82,11 +90,13 @@ class Trainer:
         self.objects = {"dataset": dataset, "store": store, "teacher": teacher, "student": student,
                         "eval_data": eval_data, "reference": reference}
         self.control = control or RunControl()
-        self.emit = Broadcaster([*callbacks, TqdmProgress() if config.progress else None])
+        shown = config.progress and _launch_rank() == 0  # under torchrun, one progress bar: rank 0's
+        self.emit = Broadcaster([*callbacks, TqdmProgress() if shown else None])
         self.resume, self.overwrite = resume, overwrite
         self.run_dir = Path(config.out) / config.run_name
         self.notes: list[dict] = []
         self.good_checkpoint: tuple[str, int, int] | None = None  # (path, epochs done, steps into the next)
+        self.dist = distributed.Context()  # rank 0 of 1 until _prepare joins a torchrun process group
 
     # ----- public
     def run(self) -> RunResult:
@@ -104,11 +114,13 @@ class Trainer:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.device = build.resolve_device(config)
+        self.dist = self._join_process_group()
         recipe = get_recipe(config.recipe)
-        self.dataset = build.training_data(config, objects["dataset"])
-        self.store, labels = build.open_labels(config, self.dataset, objects["store"])
-        build.check_store_classes(self.store, self.dataset)
-        self.teacher = self._teacher(recipe)
+        with distributed.main_first():  # under torchrun rank 0 fetches data and teacher weights first (caches)
+            self.dataset = build.training_data(config, objects["dataset"])
+            self.store, labels = build.open_labels(config, self.dataset, objects["store"])
+            build.check_store_classes(self.store, self.dataset)
+            self.teacher = self._teacher(recipe)
         build.check_teacher_classes(self.teacher, self.dataset, self.device)
         channels, self.size = build.input_geometry(config, self.dataset, self.store, self.teacher)
         mean, std = (config.mean, config.std) if config.mean and config.std else build.image_stats(self.dataset)
@@ -119,7 +131,8 @@ class Trainer:
             self.student.to(memory_format=torch.channels_last)
         if objects["student"] is not None:  # a given module: its head may not fit the data
             build.check_student_classes(self.student, self.dataset, self.device)
-        trained = torch.compile(self.student) if config.compile else self.student
+        trained = self._wrap_distributed() if self.dist.distributed else self.student
+        trained = torch.compile(trained) if config.compile else trained
         self.distiller = create_recipe(config.recipe, trained, self.teacher, num_classes=num_classes,
                                        mixing=config.mixing, label_temperature=config.label_temperature,
                                        num_images=len(self.dataset), targets=self.dataset.targets,
@@ -128,12 +141,88 @@ class Trainer:
         self.loader = build.build_loader(config, self.dataset, source, self.size, self.device)
         self.optimizer = build.build_optimizer(config, self.student)
         self.schedule = build.build_schedule(config, self.optimizer, self.loader.steps_per_epoch)
-        self.eval_images = self._eval_images()
+        with distributed.main_first():
+            self.eval_images = self._eval_images()
         build.check_eval_classes(self.eval_images, self.dataset)
-        self.reference = self._reference()
+        self.reference = self._reference() if self.dist.is_main else None  # evaluation is rank 0's
         self.crop_counts = build.kept_crop_counts(self.loader.source)
         self.notes = self._notes()
+        if self.dist.distributed:
+            self._check_distributed()
+            self.notes += self._distributed_notes()
         self.resolved = self._describe()
+
+    # ----- torchrun
+    def _join_process_group(self) -> distributed.Context:
+        """Join torchrun's process group (gloo on the CPU, NCCL on CUDA, each process on the GPU of its
+        ``LOCAL_RANK``); rank 0 of 1 without torchrun."""
+        if not distributed.launched_by_torchrun():
+            return distributed.context()
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return distributed.init(self.device)
+
+    def _wrap_distributed(self) -> torch.nn.Module:
+        """The student in DistributedDataParallel (on CUDA with synchronised batch norm, so normalisation sees the
+        whole step's batch as in one process)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.device.type == "cuda":
+            self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+            return DistributedDataParallel(self.student, device_ids=[self.device.index],
+                                           output_device=self.device.index)
+        return DistributedDataParallel(self.student)
+
+    def _check_distributed(self) -> None:
+        """What torchrun cannot train as one process would: per-image recipe state, and steps with fewer images
+        than processes."""
+        world, loader = self.dist.world_size, self.loader
+        kept = set(self.distiller.extra_state()) - {"teacher_forwards"}
+        if kept:
+            raise ValueError(f"recipe {self.config.recipe!r} keeps per-image state ({', '.join(sorted(kept))}) that "
+                             "each process would update only for its own images: it is not supported under "
+                             "torchrun; train it in one process (without torchrun)")
+        fewest = min(loader.step_images(0), loader.step_images(loader.steps_per_epoch - 1))
+        if fewest < world:
+            raise ValueError(f"a step of {fewest} images cannot be shared by {world} processes: --batch-images "
+                             f"({self.config.batch_images}) and the last step of an epoch ({len(self.dataset)} images"
+                             f") must have at least one image per process")
+
+    def _distributed_notes(self) -> list[dict]:
+        """How a torchrun run differs from one process (shown at the start and kept in config.json)."""
+        notes, world = [], self.dist.world_size
+        has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.student.modules())
+        if has_batch_norm and self.device.type != "cuda":
+            notes.append({"topic": "distributed_batch_norm", "text":
+                          f"on the CPU each of the {world} processes normalises batch-norm layers over its own share "
+                          "of a step (synchronised batch norm needs CUDA), so training differs slightly from one "
+                          "process; the running statistics saved are rank 0's"})
+        if self.distiller.mixing.active and self.distiller.mixing.mode == "cross":
+            notes.append({"topic": "distributed_cross_mixing", "text":
+                          "cross-image mixing pairs each sample with the mirrored sample of its own process's share "
+                          "(one process pairs across the whole step's batch); the mixing draws are the same"})
+        return notes
+
+    def _open_run_dir_distributed(self) -> dict | None:
+        """Rank 0 creates or reopens the run folder; the other ranks wait for it, then read the checkpoint it
+        resumes from (or fail with rank 0's error), so no rank ever sees a half-made folder."""
+        outcome, failure = None, None
+        if self.dist.is_main:
+            try:
+                state = self._open_run_dir()
+                outcome = ("ok", state is not None)
+            except Exception as error:  # the other ranks are told, then rank 0 raises it
+                failure, outcome = error, ("error", f"{type(error).__name__}: {error}")
+        box = [outcome]
+        torch.distributed.broadcast_object_list(box, src=0)
+        if failure is not None:
+            raise failure
+        if self.dist.is_main:
+            return state
+        kind, value = box[0]
+        if kind == "error":
+            raise RuntimeError(f"rank 0 could not open the run folder {self.run_dir}: {value}")
+        return checkpoint.load(self.run_dir / "checkpoints" / "last.pt", map_location="cpu") if value else None
 
     def _describe(self) -> dict:
         """What the config resolved to (written beside it in config.json)."""
@@ -284,7 +373,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         self.distiller.load_extra_state(state["recipe"])
-        checkpoint.set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")  # a torchrun run's checkpoint: every process's RNG states
+        if self.dist.distributed and ranks is not None and len(ranks) == self.dist.world_size:
+            checkpoint.set_rng_state(ranks[self.dist.rank])
+        else:
+            checkpoint.set_rng_state(state["rng"])
         self.elapsed = float(state["elapsed"])
         # The history is the metrics lines of the epochs the checkpoint has done. Lines of later epochs (written
         # before a kill stopped their checkpoint) and unreadable lines (a torn last line left by an older,
@@ -314,6 +407,8 @@ class Trainer:
 
     def _write_history(self, history: list[dict]) -> None:
         """Rewrite metrics.jsonl atomically: a process killed at any moment leaves the old history or the new one."""
+        if not self.dist.is_main:
+            return
         checkpoint.write_text_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
 
     def _save(self, epoch: int, step: int, stats: _EpochStats) -> str:
@@ -321,6 +416,12 @@ class Trainer:
         :class:`TrainingDivergedError`) to write non-finite weights, so the last good checkpoint stays."""
         bad = [name for name, value in self.student.state_dict().items()
                if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+        ranks = None
+        if self.dist.distributed:  # every process's RNG states (and any non-finite value) come to every rank
+            gathered = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(gathered, (checkpoint.rng_state(), bad))
+            ranks = [rng for rng, _ in gathered]
+            bad = list(dict.fromkeys(name for _, names in gathered for name in names))
         if bad:
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
             position = f"after epoch {epoch}" + (f", step {step}" if step else "")
@@ -332,6 +433,12 @@ class Trainer:
                    "scheduler": self.schedule.state_dict(), "recipe": self.distiller.extra_state(),
                    "rng": checkpoint.rng_state(), "epoch_stats": stats.to_dict(), "elapsed": self.elapsed,
                    "config": self.config.to_dict()}
+        if ranks is not None:
+            payload.update(rng=ranks[0], rng_ranks=ranks, world_size=self.dist.world_size)
+        if not self.dist.is_main:  # rank 0 writes; the others know where
+            path = self.run_dir / "checkpoints" / "last.pt"
+            self.good_checkpoint = (str(path), epoch, step)
+            return str(path)
         path = checkpoint.save(self.run_dir / "checkpoints" / "last.pt", **payload)
         if self.config.keep_epoch_checkpoints and step == 0:
             checkpoint.save(self.run_dir / "checkpoints" / f"epoch_{epoch:03d}.pt", **payload)
@@ -367,7 +474,8 @@ class Trainer:
         checkpoint.seed_everything(config.seed)
         self.elapsed = 0.0
         self.good_checkpoint = None
-        state = self._open_run_dir()
+        state = self._open_run_dir_distributed() if self.dist.distributed else self._open_run_dir()
+        self._stop_agreed = False
         epoch, step, stats, history = (0, 0, _EpochStats(), []) if state is None else self._restore(state)
         if state is not None:
             self.good_checkpoint = (str(self.run_dir / "checkpoints" / "last.pt"), epoch, step)
@@ -383,7 +491,7 @@ class Trainer:
             order = loader.epoch_order(epoch)
             while step < steps_per_epoch:
                 self.control.wait_while_paused()
-                if self.control.stop_requested:
+                if (self._stop_agreed if self.dist.distributed else self.control.stop_requested):
                     return self._stopped(epoch, step, stats, history)
                 self._step(epoch, step, order, stats)
                 step += 1
@@ -409,6 +517,8 @@ class Trainer:
     def _step(self, epoch: int, step: int, order, stats: _EpochStats) -> None:
         started = time.perf_counter()
         config = self.config
+        if self.dist.distributed:
+            return self._step_distributed(epoch, step, order, stats, started)
         batch = self.loader.batch(epoch, step, order)
         if self.device.type == "cuda" and config.channels_last:
             batch.images = batch.images.contiguous(memory_format=torch.channels_last)
@@ -443,13 +553,68 @@ class Trainer:
                             lr=lr, accuracy=correct / count, images_per_s=count / max(seconds, 1e-9),
                             teacher_forwards=self.distiller.teacher_forwards))
 
+    def _step_distributed(self, epoch: int, step: int, order, stats: _EpochStats, started: float) -> None:
+        """One step under torchrun: this process's block of the step's images, its loss weighted by its share
+        (DDP averages the gradients, so the update is the single-process batch mean's), and the step's loss sum,
+        correct count, sample count, teacher forwards, a non-finite-loss flag and stop requests summed over all
+        processes (one small all-reduce), so every rank sees the same metrics and stops at the same step."""
+        config, world = self.config, self.dist.world_size
+        batch = self.loader.batch(epoch, step, order, share=(self.dist.rank, world))
+        if self.device.type == "cuda" and config.channels_last:
+            batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+        rng = _ShareDraws(build.step_rng(config.seed, epoch, step), batch.offset, len(batch), batch.total)
+        ctx = StepContext(epoch=epoch, epochs=config.epochs, step=epoch * self.loader.steps_per_epoch + step, rng=rng)
+        forwards = self.distiller.teacher_forwards
+        with self._autocast():
+            logits, parts = self.distiller.forward_train(batch, ctx)
+        loss = sum(parts.values())
+        count = len(batch)
+        local_loss = loss.detach().double()
+        summed = torch.stack([
+            local_loss * count, (logits.detach().argmax(-1) == batch.targets).sum().double(),
+            torch.tensor(float(count), dtype=torch.float64, device=local_loss.device),
+            torch.tensor(float(self.distiller.teacher_forwards - forwards), dtype=torch.float64,
+                         device=local_loss.device),
+            (~torch.isfinite(local_loss)).double(),
+            torch.tensor(float(self.control.stop_requested), dtype=torch.float64, device=local_loss.device)])
+        torch.distributed.all_reduce(summed)
+        loss_sum, correct, seen, forwards_done, non_finite, stop = summed.tolist()
+        correct, seen = int(round(correct)), int(round(seen))
+        mean_loss = loss_sum / seen
+        self.distiller.teacher_forwards = forwards + int(round(forwards_done))
+        if non_finite:
+            raise self._diverged(epoch, step, f"the loss is {mean_loss}")
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss * (count * world / batch.total)).backward()  # DDP divides the summed gradients by world
+        gradients = [p.grad for p in self.student.parameters() if p.grad is not None]
+        if gradients and not _finite(gradients):  # the same averaged gradients on every rank
+            raise self._diverged(epoch, step, f"the gradients are not finite (loss {mean_loss:.4g})")
+        self.optimizer.step()
+        if not _finite([*self.student.parameters(), *(b for b in self.student.buffers() if b.is_floating_point())]):
+            raise self._diverged(epoch, step, f"this step's update made the weights non-finite (loss "
+                                              f"{mean_loss:.4g})")
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.schedule.step()
+        stats.loss_sum += loss_sum
+        stats.correct += correct
+        stats.seen += seen
+        self._stop_agreed = stop > 0
+        seconds = time.perf_counter() - started
+        stats.seconds += seconds
+        self.elapsed += seconds
+        self.emit(StepEvent(run=config.run_name, epoch=epoch + 1, step=ctx.step + 1,
+                            total_steps=config.epochs * self.loader.steps_per_epoch, loss=mean_loss,
+                            lr=lr, accuracy=correct / seen, images_per_s=seen / max(seconds, 1e-9),
+                            teacher_forwards=self.distiller.teacher_forwards))
+
     def _end_epoch(self, epoch: int, stats: _EpochStats) -> dict:
         config = self.config
         metrics = {"epoch": epoch + 1, "step": (epoch + 1) * self.loader.steps_per_epoch,
                    "train_loss": stats.loss_sum / max(stats.seen, 1), "train_top1": stats.correct / max(stats.seen, 1),
                    "lr": self.optimizer.param_groups[0]["lr"], "crops_seen": (epoch + 1) * self.loader.num_images
                    * self.loader.source.num_crops, "teacher_forwards": self.distiller.teacher_forwards}
-        if self.eval_images is not None and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
+        if self.eval_images is not None and self.dist.is_main and ((epoch + 1) % config.eval_every == 0
+                                                                  or epoch + 1 == config.epochs):
             started = time.perf_counter()
             logits = predict(self.student, self.eval_images, device=self.device, amp=config.amp)
             result = classification_metrics(logits, self.eval_images.targets, self.reference)
@@ -462,7 +627,7 @@ class Trainer:
         return metrics
 
     def _final_eval(self) -> dict | None:
-        if self.eval_images is None:
+        if self.eval_images is None or not self.dist.is_main:
             return None
         logits = predict(self.student, self.eval_images, device=self.device, amp=self.config.amp)
         result = classification_metrics(logits, self.eval_images.targets, self.reference,
@@ -478,6 +643,38 @@ class Trainer:
                            checkpoint=path, metrics=history[-1] if history else {}))
         return RunResult(self.config.run_name, str(self.run_dir), "stopped", history, None, path, self.elapsed,
                          self.distiller.teacher_forwards, {"notes": [note["text"] for note in self.notes]})
+
+
+class _ShareDraws:
+    """A step's generator as seen by one process's share: a draw of one value per sample of the share is made
+    for the whole step's batch and sliced at the share's samples, so every sample gets the draw one process would
+    give it (mixing draws one value per sample, in a fixed order)."""
+
+    _SIZE_FIRST = ("random", "standard_normal", "standard_exponential")
+
+    def __init__(self, rng: np.random.Generator, offset: int, count: int, total: int):
+        self.rng, self.offset, self.count, self.total = rng, int(offset), int(count), int(total)
+
+    def __getattr__(self, name):
+        method = getattr(self.rng, name)
+        if not callable(method):
+            return method
+
+        def draw(*args, **kwargs):
+            if name in self._SIZE_FIRST and args and "size" not in kwargs:
+                kwargs["size"], args = args[0], args[1:]
+            size = kwargs.get("size")
+            if isinstance(size, (int, np.integer)) and int(size) == self.count:
+                kwargs["size"] = self.total
+                return method(*args, **kwargs)[self.offset:self.offset + self.count]
+            return method(*args, **kwargs)
+
+        return draw
+
+
+def _launch_rank() -> int:
+    """This process's rank as torchrun set it (0 without torchrun), readable before the group is joined."""
+    return int(os.environ.get("RANK", 0)) if distributed.launched_by_torchrun() else 0
 
 
 def _finite(tensors) -> bool:

@@ -4,6 +4,9 @@ Regions come from a label store (``StoredCrops``: drawn among the crops a FerKD 
 plain store's) or are sampled fresh (``RandomCrops``: RandomResizedCrop + flip, for online recipes). A batch is a
 pure function of (seed, epoch, step): the image order of an epoch and each image's crop draw come from numpy
 generators seeded with those numbers, so a run resumed mid-epoch sees exactly the batches it would have seen.
+
+Under ``torchrun`` every process computes the same epoch order and takes its ``share`` of each step's images (a
+contiguous block, :meth:`MultiCropLoader.share_bounds`): the union of the shares is the single-process batch.
 """
 from __future__ import annotations
 
@@ -22,13 +25,18 @@ _ORDER, _CROPS = 11, 13  # stream tags mixed into the seeds
 @dataclass
 class Batch:
     """One step's crops: ``images`` float [0, 1] ``[N, C, S, S]``, ground truth ``targets`` ``[N]``, the image
-    and stored crop each sample comes from (crop −1 for fresh crops), and stored soft labels ``[N, K]`` or None."""
+    and stored crop each sample comes from (crop −1 for fresh crops), and stored soft labels ``[N, K]`` or None.
+
+    For one process's share of a step (under ``torchrun``), ``offset`` is the position of its first sample in the
+    step's whole batch and ``total`` the whole batch's sample count (``None``: the batch is the whole step)."""
 
     images: torch.Tensor
     targets: torch.Tensor
     image_index: np.ndarray
     crop_index: np.ndarray
     soft: torch.Tensor | None = None
+    offset: int = 0
+    total: int | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -129,9 +137,28 @@ class MultiCropLoader:
             order = np.concatenate([order, rng.choice(self.eligible, self.num_images - len(order))])
         return order
 
-    def batch(self, epoch: int, step: int, order: np.ndarray | None = None) -> Batch:
+    def step_images(self, step: int) -> int:
+        """How many images step ``step`` of an epoch takes (the last one may take fewer)."""
+        return min(self.batch_images, self.num_images - step * self.batch_images)
+
+    @staticmethod
+    def share_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:
+        """[start, stop) of process ``rank``'s contiguous block of ``count`` images (sizes differ by one at most,
+        the first blocks being the larger)."""
+        size, extra = divmod(count, world_size)
+        start = rank * size + min(rank, extra)
+        return start, start + size + (rank < extra)
+
+    def batch(self, epoch: int, step: int, order: np.ndarray | None = None,
+              share: tuple[int, int] | None = None) -> Batch:
+        """Step ``step`` of ``epoch``; with ``share`` = (rank, world size), that process's block of its images."""
         order = self.epoch_order(epoch) if order is None else order
         chosen = order[step * self.batch_images:(step + 1) * self.batch_images]
+        offset = total = None
+        if share is not None:
+            start, stop = self.share_bounds(len(chosen), *share)
+            offset, total = start * self.source.num_crops, len(chosen) * self.source.num_crops
+            chosen = chosen[start:stop]
         images, coords, flips, crops = [], [], [], []
         for index in chosen:
             image = self.dataset[int(index)][0].as_subclass(torch.Tensor)
@@ -147,8 +174,11 @@ class MultiCropLoader:
         crop_index = np.concatenate(crops)
         soft = self.source.soft_labels(image_index, crop_index) if self.source.stored else None
         targets = self.targets[torch.from_numpy(image_index)]
-        return Batch(images=pixels, targets=targets.to(self.device), image_index=image_index, crop_index=crop_index,
-                     soft=None if soft is None else soft.to(self.device))
+        batch = Batch(images=pixels, targets=targets.to(self.device), image_index=image_index, crop_index=crop_index,
+                      soft=None if soft is None else soft.to(self.device))
+        if share is not None:
+            batch.offset, batch.total = offset, total
+        return batch
 
     def _to_device(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """One (pinned) transfer for same-size images, else one per image; crops are then cut on the device."""
