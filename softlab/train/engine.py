@@ -529,28 +529,40 @@ class Trainer:
         loss = sum(parts.values())
         if not torch.isfinite(loss):
             raise self._diverged(epoch, step, f"the loss is {loss.item()}")
+        lr = self._update(loss, epoch, step, loss.item())
+        count = len(batch)
+        correct = int((logits.detach().argmax(-1) == batch.targets).sum())
+        mean_loss = float(loss.detach())
+        self._record(stats, epoch, ctx.step, started, mean_loss, mean_loss * count, correct, count, lr)
+
+    def _update(self, loss: torch.Tensor, epoch: int, step: int, shown_loss: float) -> float:
+        """Backward, then the optimiser and schedule steps, stopping the run on non-finite gradients (checked
+        before the update, which would spread them) or weights → the learning rate of this step."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gradients = [p.grad for p in self.student.parameters() if p.grad is not None]
-        if gradients and not _finite(gradients):  # checked before the update, which would spread them
-            raise self._diverged(epoch, step, f"the gradients are not finite (loss {loss.item():.4g})")
+        if gradients and not _finite(gradients):
+            raise self._diverged(epoch, step, f"the gradients are not finite (loss {shown_loss:.4g})")
         self.optimizer.step()
         if not _finite([*self.student.parameters(), *(b for b in self.student.buffers() if b.is_floating_point())]):
             raise self._diverged(epoch, step, f"this step's update made the weights non-finite (loss "
-                                              f"{loss.item():.4g})")
+                                              f"{shown_loss:.4g})")
         lr = self.optimizer.param_groups[0]["lr"]
         self.schedule.step()
-        count = len(batch)
-        correct = int((logits.detach().argmax(-1) == batch.targets).sum())
-        stats.loss_sum += float(loss.detach()) * count
+        return lr
+
+    def _record(self, stats: _EpochStats, epoch: int, global_step: int, started: float, mean_loss: float,
+                loss_sum: float, correct: int, seen: int, lr: float) -> None:
+        """Add a finished step to the epoch's statistics and announce it (a StepEvent)."""
+        stats.loss_sum += loss_sum
         stats.correct += correct
-        stats.seen += count
+        stats.seen += seen
         seconds = time.perf_counter() - started
         stats.seconds += seconds
         self.elapsed += seconds
-        self.emit(StepEvent(run=config.run_name, epoch=epoch + 1, step=ctx.step + 1,
-                            total_steps=config.epochs * self.loader.steps_per_epoch, loss=float(loss.detach()),
-                            lr=lr, accuracy=correct / count, images_per_s=count / max(seconds, 1e-9),
+        self.emit(StepEvent(run=self.config.run_name, epoch=epoch + 1, step=global_step + 1,
+                            total_steps=self.config.epochs * self.loader.steps_per_epoch, loss=mean_loss,
+                            lr=lr, accuracy=correct / seen, images_per_s=seen / max(seconds, 1e-9),
                             teacher_forwards=self.distiller.teacher_forwards))
 
     def _step_distributed(self, epoch: int, step: int, order, stats: _EpochStats, started: float) -> None:
@@ -584,28 +596,11 @@ class Trainer:
         self.distiller.teacher_forwards = forwards + int(round(forwards_done))
         if non_finite:
             raise self._diverged(epoch, step, f"the loss is {mean_loss}")
-        self.optimizer.zero_grad(set_to_none=True)
-        (loss * (count * world / batch.total)).backward()  # DDP divides the summed gradients by world
-        gradients = [p.grad for p in self.student.parameters() if p.grad is not None]
-        if gradients and not _finite(gradients):  # the same averaged gradients on every rank
-            raise self._diverged(epoch, step, f"the gradients are not finite (loss {mean_loss:.4g})")
-        self.optimizer.step()
-        if not _finite([*self.student.parameters(), *(b for b in self.student.buffers() if b.is_floating_point())]):
-            raise self._diverged(epoch, step, f"this step's update made the weights non-finite (loss "
-                                              f"{mean_loss:.4g})")
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.schedule.step()
-        stats.loss_sum += loss_sum
-        stats.correct += correct
-        stats.seen += seen
+        # DDP divides the summed gradients by world: weighting by the share makes them the step's mean gradient,
+        # the same on every rank
+        lr = self._update(loss * (count * world / batch.total), epoch, step, mean_loss)
         self._stop_agreed = stop > 0
-        seconds = time.perf_counter() - started
-        stats.seconds += seconds
-        self.elapsed += seconds
-        self.emit(StepEvent(run=config.run_name, epoch=epoch + 1, step=ctx.step + 1,
-                            total_steps=config.epochs * self.loader.steps_per_epoch, loss=mean_loss,
-                            lr=lr, accuracy=correct / seen, images_per_s=seen / max(seconds, 1e-9),
-                            teacher_forwards=self.distiller.teacher_forwards))
+        self._record(stats, epoch, ctx.step, started, mean_loss, loss_sum, correct, seen, lr)
 
     def _end_epoch(self, epoch: int, stats: _EpochStats) -> dict:
         config = self.config
