@@ -64,39 +64,85 @@ def crop_rng(seed: int, image_index: int) -> np.random.Generator:
 
 def sample_crop_boxes(height: int, width: int, num_crops: int, params: CropParams, rng: np.random.Generator):
     """Sample ``num_crops`` boxes → (pixel boxes int64 ``[n, 4]`` as (i, j, h, w), flips bool ``[n]``)."""
-    tries = 10
-    area = height * width
-    target_area = area * rng.uniform(params.scale[0], params.scale[1], size=(num_crops, tries))
+    boxes, flips = _boxes_from_draws(np.array([[height, width]]), params, _draw(rng, num_crops, params)[None])
+    return boxes[0], flips[0]
+
+
+_TRIES = 10  # RandomResizedCrop's tries before its central-crop fallback
+
+
+def _draw(rng: np.random.Generator, num_crops: int, params: CropParams) -> np.ndarray:
+    """One image's uniform draws → float64 ``[n, 2·tries + 3]`` (see :func:`_draws_from_streams`)."""
+    return _draws_from_streams(rng.random((1, num_crops * (2 * _TRIES + 3))), num_crops, params)[0]
+
+
+def _draws_from_streams(streams: np.ndarray, num_crops: int, params: CropParams) -> np.ndarray:
+    """Images' streams of uniform doubles ``[m, n·(2·tries + 3)]`` → their draws ``[m, n, 2·tries + 3]``:
+    target-area scale factors, log aspect ratios, the two offsets, the flip draw. Slicing one stream gives the
+    numbers that calls of ``uniform(low, high, size)`` in that order would (numpy computes ``low + (high − low)·u``)."""
+    n, m = num_crops, len(streams)
     log_ratio = np.log(params.ratio)
-    aspect = np.exp(rng.uniform(log_ratio[0], log_ratio[1], size=(num_crops, tries)))
+    area, ratio = streams[:, :n * _TRIES], streams[:, n * _TRIES:2 * n * _TRIES]
+    scale = params.scale[0] + (params.scale[1] - params.scale[0]) * area.reshape(m, n, _TRIES)
+    ratio = log_ratio[0] + (log_ratio[1] - log_ratio[0]) * ratio.reshape(m, n, _TRIES)
+    offsets = streams[:, 2 * n * _TRIES:2 * n * _TRIES + 2 * n].reshape(m, n, 2)
+    flips = streams[:, 2 * n * _TRIES + 2 * n:].reshape(m, n, 1)
+    return np.concatenate([scale, ratio, offsets, flips], axis=2)
+
+
+def _boxes_from_draws(sizes: np.ndarray, params: CropParams, draws: np.ndarray):
+    """Images' sizes ``[m, 2]`` (H, W) and their draws ``[m, n, 2·tries + 3]`` → (pixel boxes int64
+    ``[m, n, 4]``, flips bool ``[m, n]``): RandomResizedCrop's rule, elementwise, for any number of images."""
+    height, width = (np.asarray(sizes, dtype=np.int64)[:, i, None, None] for i in (0, 1))  # [m, 1, 1]
+    target_area = (height * width) * draws[..., :_TRIES]
+    aspect = np.exp(draws[..., _TRIES:2 * _TRIES])
     w = np.round(np.sqrt(target_area * aspect)).astype(np.int64)
     h = np.round(np.sqrt(target_area / aspect)).astype(np.int64)
     valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = valid.argmax(axis=1)
-    rows = np.arange(num_crops)
-    h, w, found = h[rows, first], w[rows, first], valid[rows, first]
+    first = valid.argmax(axis=2)[..., None]
+    h, w, found = (np.take_along_axis(a, first, axis=2)[..., 0] for a in (h, w, valid))
+    height, width = height[..., 0], width[..., 0]  # [m, 1]
     fallback_h, fallback_w = _central_fallback(height, width, params.ratio)
     h, w = np.where(found, h, fallback_h), np.where(found, w, fallback_w)
-    offsets = rng.uniform(size=(num_crops, 2))
-    i = np.where(found, np.floor(offsets[:, 0] * (height - h + 1)), (height - h) // 2).astype(np.int64)
-    j = np.where(found, np.floor(offsets[:, 1] * (width - w + 1)), (width - w) // 2).astype(np.int64)
-    flips = rng.uniform(size=num_crops) < params.flip_p
-    return np.stack([i, j, h, w], axis=1), flips
+    offsets = draws[..., 2 * _TRIES:2 * _TRIES + 2]
+    i = np.where(found, np.floor(offsets[..., 0] * (height - h + 1)), (height - h) // 2).astype(np.int64)
+    j = np.where(found, np.floor(offsets[..., 1] * (width - w + 1)), (width - w) // 2).astype(np.int64)
+    flips = draws[..., -1] < params.flip_p
+    return np.stack([i, j, h, w], axis=-1), flips
 
 
-def _central_fallback(height: int, width: int, ratio) -> tuple[int, int]:
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        return int(round(width / min(ratio))), width
-    if in_ratio > max(ratio):
-        return height, int(round(height * max(ratio)))
-    return height, width
+def _central_fallback(height, width, ratio):
+    """RandomResizedCrop's fallback box (h, w) for images of ``(height, width)`` (scalars or arrays)."""
+    height, width = np.asarray(height, dtype=np.int64), np.asarray(width, dtype=np.int64)
+    in_ratio = width / np.maximum(height, 1)
+    low, high = min(ratio), max(ratio)
+    h = np.where(in_ratio < low, np.round(width / low), np.where(in_ratio > high, height, height))
+    w = np.where(in_ratio < low, width, np.where(in_ratio > high, np.round(height * high), width))
+    return h.astype(np.int64), w.astype(np.int64)
 
 
 def sample_crops(height: int, width: int, num_crops: int, params: CropParams, seed: int, image_index: int):
     """One image's crops → (normalised coords float32 ``[n, 4]`` = (i/H, j/W, h/H, w/W), flips bool ``[n]``)."""
     boxes, flips = sample_crop_boxes(height, width, num_crops, params, crop_rng(seed, image_index))
     return normalise_boxes(boxes, height, width), flips
+
+
+def sample_crops_many(sizes, num_crops: int, params: CropParams, seed: int, indices):
+    """The crops of many images at once → (coords float32 ``[m, n, 4]``, flips bool ``[m, n]``), equal to
+    :func:`sample_crops` image by image (the same draws and the same elementwise arithmetic). An image of size
+    (0, 0) (one without labels) gets zero coordinates and no flips."""
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+    streams = np.zeros((len(sizes), num_crops * (2 * _TRIES + 3)))
+    real = (sizes > 0).all(axis=1)
+    for row in np.flatnonzero(real):
+        streams[row] = crop_rng(seed, int(indices[row])).random(streams.shape[1])
+    draws = _draws_from_streams(streams, num_crops, params)
+    safe = np.where(real[:, None], sizes, 1)
+    boxes, flips = _boxes_from_draws(safe, params, draws)
+    scale = np.concatenate([safe, safe], axis=1).astype(np.float64)[:, None, :]
+    coords = (boxes.astype(np.float64) / scale).astype(np.float32)
+    coords[~real], flips[~real] = 0, False
+    return coords, flips
 
 
 def normalise_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
