@@ -5,8 +5,8 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from softlab.data.crops import (CropParams, crop_area_fraction, cut_crops, normalise_boxes, pixel_boxes,
-                                sample_crop_boxes, sample_crops, to_bounding_boxes)
+from softlab.data.crops import (CropParams, crop_area_fraction, crop_rng, cut_crops, normalise_boxes, pixel_boxes,
+                                sample_crop_boxes, sample_crops, sample_crops_many, to_bounding_boxes)
 
 
 def test_same_seed_and_image_give_the_same_crops():
@@ -106,3 +106,60 @@ def test_invalid_crop_params_are_rejected():
 
 def test_area_fraction():
     assert crop_area_fraction(np.array([[0, 0, 0.5, 0.5]])).tolist() == [0.25]
+
+
+def _rrc_reference(height, width, num_crops, params, rng):
+    """RandomResizedCrop's rule written out crop by crop, drawing with uniform(low, high, size) calls in turn."""
+    target = height * width * rng.uniform(params.scale[0], params.scale[1], size=(num_crops, 10))
+    log_low, log_high = np.log(params.ratio)
+    aspect = np.exp(rng.uniform(log_low, log_high, size=(num_crops, 10)))
+    offsets, flip_draws = rng.uniform(size=(num_crops, 2)), rng.uniform(size=num_crops)
+    boxes = []
+    for n in range(num_crops):
+        for t in range(10):
+            w, h = int(np.round(np.sqrt(target[n, t] * aspect[n, t]))), int(np.round(np.sqrt(target[n, t] / aspect[n, t])))
+            if 0 < w <= width and 0 < h <= height:
+                boxes.append([int(offsets[n, 0] * (height - h + 1)), int(offsets[n, 1] * (width - w + 1)), h, w])
+                break
+        else:
+            low, high = min(params.ratio), max(params.ratio)
+            if width / height < low:
+                h, w = int(round(width / low)), width
+            elif width / height > high:
+                h, w = height, int(round(height * high))
+            else:
+                h, w = height, width
+            boxes.append([(height - h) // 2, (width - w) // 2, h, w])
+    return np.array(boxes), flip_draws < params.flip_p
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sampling_equals_a_crop_by_crop_reference(seed):
+    rng = np.random.default_rng(seed)
+    for trial in range(25):
+        height, width = (int(v) for v in rng.integers(1, 400, 2))
+        low = float(rng.uniform(0.01, 1.0))
+        params = CropParams(scale=(low, float(rng.uniform(low, 1.0))),
+                            ratio=(float(rng.uniform(0.2, 1.0)), float(rng.uniform(1.0, 5.0))), flip_p=0.3)
+        count = int(rng.integers(1, 40))
+        boxes, flips = sample_crop_boxes(height, width, count, params, crop_rng(seed, trial))
+        expected_boxes, expected_flips = _rrc_reference(height, width, count, params, crop_rng(seed, trial))
+        np.testing.assert_array_equal(boxes, expected_boxes)
+        np.testing.assert_array_equal(flips, expected_flips)
+
+
+def test_many_images_at_once_equal_one_by_one():
+    rng = np.random.default_rng(1)
+    sizes = rng.integers(1, 300, (40, 2))
+    sizes[[3, 17]] = 0  # images without labels: no regions
+    params = CropParams(scale=(0.2, 0.9), ratio=(0.5, 2.0), flip_p=0.4)
+    indices = np.arange(40) + 1000
+    coords, flips = sample_crops_many(sizes, 12, params, seed=5, indices=indices)
+    assert coords.shape == (40, 12, 4) and coords.dtype == np.float32 and flips.shape == (40, 12)
+    for row, (height, width) in enumerate(sizes):
+        if row in (3, 17):
+            assert not coords[row].any() and not flips[row].any()
+            continue
+        expected = sample_crops(int(height), int(width), 12, params, seed=5, image_index=int(indices[row]))
+        np.testing.assert_array_equal(coords[row], expected[0])
+        np.testing.assert_array_equal(flips[row], expected[1])
