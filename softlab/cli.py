@@ -32,20 +32,30 @@ def _add_teacher_commands(sub) -> None:
     evaluate.set_defaults(func=cmd_teacher_eval)
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
+def _whole_number(text: str, least: int, note: str, expected: str = "a whole number") -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value} (leave the option out for its default)")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value} ({note})")
     return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    return _whole_number(text, 1, "leave the option out for its default")
 
 
 def _batch_size(text: str):
     """argparse type: "auto" or a whole number of at least 1."""
     return "auto" if text == "auto" else _positive_int(text)
+
+
+def _workers(text: str):
+    """argparse type: "auto" or a whole number of at least 0."""
+    return "auto" if text == "auto" else _whole_number(text, 0, "0 decodes in the main process",
+                                                       "a whole number or auto")
 
 
 def _add_label_commands(sub) -> None:
@@ -74,6 +84,15 @@ def _add_label_commands(sub) -> None:
                      help="how crops are cut: exact (one resized_crop per crop) or auto (small images' crops many "
                           "images at once, the same pixels up to float rounding); default: a resumed store's own, "
                           "else auto")
+    gen.add_argument("--layout", choices=("compact", "plain"), default=None,
+                     help="compact (crop regions recomputed from the seed and checked by sha256; float16 y_s and "
+                          "entropy) or plain (regions stored as coords.npy/flip.npy); default: a resumed store's "
+                          "own, else compact")
+    gen.add_argument("--compile", action="store_true",
+                     help="run the teacher through torch.compile (inductor); pays off on long GPU runs")
+    gen.add_argument("--workers", type=_workers, default="auto",
+                     help="processes that decode images ahead of the teacher (0: none), or auto (the default): none "
+                          "on the CPU, up to 8 on CUDA")
     gen.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing store with other settings")
     gen.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
@@ -191,7 +210,8 @@ def cmd_labels_generate(args) -> int:
             store = generate_labels(dataset, teacher, args.out, num_crops=args.crops, label_type=args.label_type,
                                     temperature=args.temperature, crop_params=params, seed=args.seed,
                                     chunk_size=args.chunk_size, batch_size=args.batch_size, device=device,
-                                    overwrite=args.overwrite, on_bad_image=args.on_bad_image, cutter=args.cutter)
+                                    overwrite=args.overwrite, on_bad_image=args.on_bad_image, cutter=args.cutter,
+                                    layout=args.layout, workers=args.workers, compile=args.compile)
     finally:
         distributed.shutdown()
     if not ctx.is_main:
@@ -243,14 +263,17 @@ def _print_verify_report(report: dict) -> None:
           f"{report['label_type']}")
     print(f"  files      {len(report['arrays'])} arrays ({', '.join(report['arrays'])}) and image_ids.json match "
           "the manifest")
+    if report.get("recomputed"):
+        print(f"  regions    {' and '.join(report['recomputed'])} recomputed from the seed and image sizes "
+              f"({report['layout']} layout), matching each finished chunk's sha256")
     print(f"  values     {report['crops_checked']} crops of {report['images_checked']} finished images in range")
     print(f"  markers    {report['chunks_finished']}/{report['chunks']} chunk markers present, "
           f"{report['chunk_digests_checked']} chunks' rows match their sha256")
     print(f"  checksums  {report['checksums']}")
     pending = "" if report["complete"] else \
         f" (incomplete: {report['chunks_finished']}/{report['chunks']} chunks finished)"
-    print(f"OK: {report['images_checked']} images, {report['crops_checked']} crops, {len(report['arrays'])} arrays "
-          f"verified{pending}")
+    arrays = len(report["arrays"]) + len(report.get("recomputed") or [])
+    print(f"OK: {report['images_checked']} images, {report['crops_checked']} crops, {arrays} arrays verified{pending}")
 
 
 def _print_image(store, image: int, count: int, as_json: bool) -> None:

@@ -330,6 +330,9 @@ def test_a_skip_store_opens_at_every_verify_level(skip_store_dir, tmp_path, veri
         [(6, "dog/x", "dog/x.jpg", "not an image"), (7, "dog/y", "dog/y.jpg", "truncated")]
     assert store.skipped == skipped_images(store) == exported(store) == store.manifest["skipped"]
     assert store.skipped_mask().tolist() == [False] * GOOD + [True, True]
+    # no regions for them either: size 0 × 0, zero boxes, no flips
+    assert not store.image_size[GOOD:].any() and not store.coords[GOOD:].any() and not store.flip[GOOD:].any()
+    assert (store.image_size[:GOOD] > 0).all() and (store.coords[:GOOD, :, 2:] > 0).all()
     if verify != "none":
         report = store.verify(verify)
         assert report["images_checked"] == 8 and report["crops_checked"] == 24
@@ -340,8 +343,7 @@ def test_a_skip_store_opens_at_every_verify_level(skip_store_dir, tmp_path, veri
     ("topk_idx", (7, 2, 0), 1, "a class index other than 0"),
     ("y_s", (7, 0), 0.25, "a value other than NaN"),
     ("entropy", (6, 2), 0.125, "a value other than NaN"),
-    ("coords", (7, 1, 3), 0.5, "coordinates other than 0"),
-    ("flip", (6, 0), True, "a flip"),
+    ("image_size", (7, 0), 5, "a size other than 0 × 0"),
 ])
 def test_a_damaged_row_of_a_skipped_image_is_caught(skip_store_dir, tmp_path, name, index, value, what):
     from softlab.labels import LabelStore, StoreError
@@ -351,9 +353,10 @@ def test_a_damaged_row_of_a_skipped_image_is_caught(skip_store_dir, tmp_path, na
     array[index] = value
     array.flush()
     del array
-    shown = "True" if value is True else str(value)
-    expected = (f"{name}.npy: 1 crop has {what} in an image that manifest.json lists as skipped (undecodable, so "
-                f"without labels) (first: image {index[0]}, crop {index[1]}, value {shown})")
+    where = f"image {index[0]}" if name == "image_size" else f"image {index[0]}, crop {index[1]}"
+    unit = "image" if name == "image_size" else "crop"
+    expected = (f"{name}.npy: 1 {unit} has {what} {'for' if name == 'image_size' else 'in'} an image that "
+                f"manifest.json lists as skipped (undecodable, so without labels) (first: {where}, value {value})")
     for verify in ("cheap", "full"):
         with pytest.raises(StoreError) as info:
             LabelStore.open(path, verify=verify)
@@ -549,3 +552,28 @@ def test_figures_and_the_explorer_leave_skipped_images_out(skip_store_dir):
     assert explorer.message.kind == "warning" and "image 7 (dog/y.jpg) was skipped" in explorer.message.text
     stats = calibrate(store, calibration).stats()
     assert list(explorer.counts["overall"]) == [stats["counts"][name] for name in stats["counts"]]
+
+
+def test_worker_processes_decode_the_same_store_and_report_bad_images_the_same(skip_store_dir, tmp_path):
+    reference, root = skip_store_dir
+    data = load_dataset(str(root))
+    # fail mode: the bad image stops the run before its chunk, with the message of a run without workers
+    with pytest.raises(BadImageError) as info:
+        generate_labels(data, LinearTeacher(num_classes=2), tmp_path / "store", workers=2, **SETTINGS)
+    assert str(info.value).startswith("cannot decode dog/x.jpg (image 6 of ") and \
+        "before writing chunk 1 (images 4-7)" in str(info.value)
+    # skip mode resumes it with two decoding processes: the same bytes as the one-process store
+    with pytest.warns(SkippedImagesWarning, match="skipped 2 of 8 images"):
+        store = generate_labels(data, LinearTeacher(num_classes=2), tmp_path / "store", workers=2,
+                                on_bad_image="skip", **SETTINGS)
+    for path in sorted(reference.glob("*.npy")):
+        assert (store.path / path.name).read_bytes() == path.read_bytes(), path.name
+    assert store.skipped == json.loads((reference / "manifest.json").read_text())["skipped"]
+
+
+@pytest.mark.parametrize("workers", [-1, 1.5, True, "many"])
+def test_a_bad_number_of_decoding_workers_is_refused(tmp_path, workers):
+    data = load_dataset(str(make_folder(tmp_path / "pics")))
+    with pytest.raises(ValueError, match=r"workers must be a whole number >= 0 .* or \"auto\", got "):
+        generate_labels(data, LinearTeacher(num_classes=2), tmp_path / "store", workers=workers, **SETTINGS)
+    assert not (tmp_path / "store").exists()

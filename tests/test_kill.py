@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 
+from softlab.labels import LabelStore
 from softlab.train import RunControl, TrainConfig, metrics_without_timing, train
 from softlab.train import checkpoint
 from softlab.train.engine import TIMING_KEYS
@@ -41,8 +42,8 @@ KILLED = -signal.SIGKILL
 NUM_IMAGES, CHUNK_SIZE = 40, 3
 NUM_CHUNKS = -(-NUM_IMAGES // CHUNK_SIZE)  # 14; the last chunk holds one image
 EPOCHS = 6
-STORE_FILES = ("coords.npy", "flip.npy", "topk_idx.npy", "topk_prob.npy", "y_s.npy", "entropy.npy", "targets.npy",
-               "image_ids.json")
+STORE_FILES = ("image_size.npy", "topk_idx.npy", "topk_prob.npy", "y_s.npy", "entropy.npy", "targets.npy",
+               "image_ids.json")  # the compact layout: the crop regions are recomputed, not stored
 
 
 # ----- processes
@@ -221,10 +222,15 @@ def _chunk_seconds(store: Path) -> float:
 
 def _check_finished_chunks(store: Path) -> None:
     """Every chunk with a marker holds exactly the rows its marker's checksums describe."""
+    opened = None
     for marker_path in _markers(store):
         marker = json.loads(marker_path.read_text())
         for name, digest in marker["sha256"].items():
-            rows = np.load(store / f"{name}.npy", mmap_mode="r")[marker["start"]:marker["stop"]]
+            if (store / f"{name}.npy").exists():
+                rows = np.load(store / f"{name}.npy", mmap_mode="r")[marker["start"]:marker["stop"]]
+            else:  # the compact layout's crop regions, recomputed from the seed and the image sizes
+                opened = opened or LabelStore.open(store, allow_partial=True, verify="none")
+                rows = getattr(opened, name)[marker["start"]:marker["stop"]]
             assert hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest() == digest, (marker_path, name)
 
 
@@ -277,7 +283,10 @@ def test_label_generation_killed_at_random_points_resumes_identically(lab, tmp_p
     for mine, theirs in zip(_markers(out), _markers(reference)):
         assert json.loads(mine.read_text()) == json.loads(theirs.read_text()), mine.name
     assert _manifest(out) == _manifest(reference) and _manifest(out)["complete"]
-    assert set(_manifest(out)["checksums"]) == {n[:-4] for n in STORE_FILES if n.endswith(".npy")}
+    assert set(_manifest(out)["checksums"]) == {n[:-4] for n in STORE_FILES if n.endswith(".npy")} | {"coords", "flip"}
+    resumed, whole = LabelStore.open(out, verify="full"), LabelStore.open(reference)
+    np.testing.assert_array_equal(resumed.coords, whole.coords)
+    np.testing.assert_array_equal(resumed.flip, whole.flip)
     assert not list(out.rglob("*.tmp"))
 
 

@@ -30,6 +30,15 @@ def reference(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("ref") / "store")
 
 
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("plain") / "store", layout="plain")
+
+
+# float16 rounding moves a value by at most half a float16 step: 2^-11 relative for normal numbers
+FP16_RTOL = 2.0 ** -11
+
+
 def test_store_holds_the_teachers_quantised_labels(reference):
     dataset, teacher = NoiseImages(), LinearTeacher()
     image, target = dataset[5]
@@ -45,12 +54,13 @@ def test_store_holds_the_teachers_quantised_labels(reference):
 
     # The store ran image 5's crops in 7-crop batches spanning images 4-6; this pass runs them as one 5-crop
     # batch. The two fp32 results differ by rounding (~1e-7 relative here; more with other BLAS kernels, thread
-    # counts or instruction sets), so the probabilities are compared at rtol 1e-4.
+    # counts or instruction sets), so the probabilities are compared at rtol 1e-4, plus the float16 rounding of
+    # the stored y_s and entropy.
     with torch.no_grad():
         probs = torch.softmax(teacher(cut_crops(image, coords, flips, (12, 12))), dim=1)
-    np.testing.assert_allclose(reference.y_s[5], probs[:, target].numpy(), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(reference.y_s[5], probs[:, target].numpy(), rtol=1e-4 + FP16_RTOL, atol=1e-7)
     expected_entropy = torch.special.entr(probs.double()).sum(1).numpy()  # −Σ p ln p, 0 ln 0 = 0
-    np.testing.assert_allclose(reference.entropy[5], expected_entropy, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(reference.entropy[5], expected_entropy, rtol=1e-4 + FP16_RTOL, atol=1e-6)
 
     # The labels hold fp16 probabilities: rounding noise can move a value to the neighbouring fp16 number
     # (at most 2^-11 ≈ 4.9e-4 apart below 1). The kept top-3 classes are the same for both passes only if the
@@ -65,21 +75,61 @@ def test_store_holds_the_teachers_quantised_labels(reference):
 
 def test_manifest_records_the_settings(reference):
     manifest = json.loads((reference.path / "manifest.json").read_text())
-    assert manifest["complete"] and manifest["format_version"] == 1
+    assert manifest["complete"] and manifest["format_version"] == 2 and manifest["layout"] == "compact"
     assert manifest["label"] == {**manifest["label"], "type": "marginal_smoothing_k3", "k": 3, "temperature": 1.0}
     assert manifest["crops"]["seed"] == 3 and manifest["crops"]["scale"] == [0.08, 0.936]
     assert manifest["dataset"]["fingerprint"] == NoiseImages().fingerprint()
-    assert set(manifest["checksums"]) == set(ARRAYS)
-    reference.verify()
+    # the recomputed regions have whole-store checksums too, for `softlab labels verify`
+    assert set(manifest["checksums"]) == set(ARRAYS) | {"image_size"}
+    assert reference.verify()["checksums"] == "8 arrays match"
 
 
-def test_arrays_have_the_documented_dtypes_and_need_no_pickle(reference):
-    dtypes = {"coords": np.float16, "flip": np.bool_, "topk_idx": np.int16, "topk_prob": np.float16,
+def test_arrays_have_the_documented_dtypes_and_need_no_pickle(reference, plain):
+    compact = {"image_size": np.int32, "topk_idx": np.uint8, "topk_prob": np.float16, "y_s": np.float16,
+               "entropy": np.float16, "targets": np.int64}
+    stored = {"coords": np.float16, "flip": np.bool_, "topk_idx": np.int16, "topk_prob": np.float16,
               "y_s": np.float32, "entropy": np.float32, "targets": np.int64}
-    for name, dtype in dtypes.items():
-        array = np.load(reference.path / f"{name}.npy", allow_pickle=False)
-        assert array.dtype == dtype, name
-    assert reference.coords.shape == (23, 5, 4) and reference.topk_idx.shape == (23, 5, 3)
+    for store, dtypes in ((reference, compact), (plain, stored)):
+        files = {path.stem for path in store.path.glob("*.npy")}
+        assert files == set(dtypes), store.layout
+        for name, dtype in dtypes.items():
+            array = np.load(store.path / f"{name}.npy", allow_pickle=False)
+            assert array.dtype == dtype, name
+        assert store.coords.shape == (23, 5, 4) and store.topk_idx.shape == (23, 5, 3)
+    sizes = np.load(reference.path / "image_size.npy")
+    assert [tuple(size) for size in sizes[:3]] == [tuple(NoiseImages()[i][0].shape[-2:]) for i in range(3)]
+
+
+def test_compact_and_plain_layouts_hold_the_same_labels(reference, plain):
+    # one process, the same batches: the same float32 teacher outputs, so the compact arrays are the plain
+    # ones, exactly, once rounded to the compact dtypes; the recomputed regions are the stored ones
+    for name in ("coords", "flip", "topk_idx", "topk_prob", "targets"):
+        np.testing.assert_array_equal(np.asarray(getattr(reference, name)), np.asarray(getattr(plain, name)),
+                                      err_msg=name)
+    for name in ("y_s", "entropy"):
+        np.testing.assert_array_equal(np.asarray(getattr(reference, name)),
+                                      np.asarray(getattr(plain, name)).astype(np.float16), err_msg=name)
+    assert reference.manifest["checksums"]["coords"] == plain.manifest["checksums"]["coords"]
+    assert reference.manifest["checksums"]["flip"] == plain.manifest["checksums"]["flip"]
+    per_crop = {store.layout: sum(p.stat().st_size for p in store.path.glob("*.npy")) for store in (reference, plain)}
+    # per crop: 3 + 6 + 2 + 2 bytes against 8 + 1 + 6 + 6 + 4 + 4 (each file also has a 128-byte header)
+    headers = {"compact": 6 * 128, "plain": 7 * 128}
+    per_image = {"compact": 8 + 8, "plain": 8}  # targets, and compact's image sizes
+    for layout, size in per_crop.items():
+        crop_bytes = (size - headers[layout] - 23 * per_image[layout]) / (23 * 5)
+        assert crop_bytes == {"compact": 13, "plain": 29}[layout], layout
+
+
+def test_recomputed_regions_index_like_arrays(reference, plain):
+    images, crops = np.array([0, 22, 7, 7]), np.array([4, 0, 1, 2])
+    for key in (5, -1, slice(3, 9), slice(None, None, -4), (images, crops), np.arange(23) % 3 == 0, (Ellipsis, 2),
+                (slice(None), 1, 2)):
+        np.testing.assert_array_equal(reference.coords[key], plain.coords[key], err_msg=str(key))
+        np.testing.assert_array_equal(reference.flip[key if not isinstance(key, tuple) or len(key) < 3 else key[:2]],
+                                      plain.flip[key if not isinstance(key, tuple) or len(key) < 3 else key[:2]])
+    coords, flips = reference.crops(9)
+    assert coords.dtype == np.float32 and coords.shape == (5, 4) and flips.shape == (5,)
+    assert len(reference.coords) == 23 and reference.coords.ndim == 3 and reference.flip.dtype == np.bool_
 
 
 def test_batched_reads_are_vectorised_and_match_single_reads(reference):
@@ -202,3 +252,21 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     (tmp_path / "occupied" / "file.txt").write_text("x")
     with pytest.raises(StoreError, match="not a label store; choose an empty"):
         generate(tmp_path / "occupied")
+
+
+def test_decoding_in_worker_processes_gives_the_same_store(tmp_path, reference):
+    store = generate(tmp_path / "store", workers=2)
+    for path in sorted(reference.path.glob("*.npy")):
+        assert (store.path / path.name).read_bytes() == path.read_bytes(), path.name
+    assert store.manifest["checksums"] == reference.manifest["checksums"]
+
+
+def test_a_compiled_teacher_writes_the_same_store(tmp_path, reference):
+    # torch.compile's "eager" backend traces the teacher with dynamo and runs the captured graph as it is, so
+    # the labels are the eager ones, exactly (inductor's fused kernels may differ in the last bits)
+    store = generate(tmp_path / "store", compile="eager")
+    assert store.manifest["generation"]["compile"] == "eager"
+    assert store.manifest["checksums"] == reference.manifest["checksums"]
+    assert reference.manifest["generation"]["compile"] is None
+    with pytest.raises(ValueError, match="compile must be True"):
+        generate(tmp_path / "other", compile=3)

@@ -42,6 +42,12 @@ def reference(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def plain_reference(tmp_path_factory):
+    """The same store in the plain layout, which keeps the crop regions in coords.npy and flip.npy."""
+    return generate(tmp_path_factory.mktemp("plain") / "store", layout="plain").path
+
+
+@pytest.fixture(scope="module")
 def partial(tmp_path_factory):
     """The same store interrupted after chunks 0-2 (images 0-11) were finished."""
     out = tmp_path_factory.mktemp("partial") / "store"
@@ -105,8 +111,10 @@ def test_flipped_bytes_in_topk_prob_are_refused_on_open(reference, tmp_path, cap
 
 
 RANGE_FAULTS = {
-    "topk_idx": (lambda a: a.__setitem__((2, 1, 0), 3000),
-                 "topk_idx.npy: 1 crop has class indices outside [0, 6) (first: image 2, crop 1, value 3000)"),
+    "topk_idx": (lambda a: a.__setitem__((2, 1, 0), 200),  # uint8 in the compact layout (6 classes)
+                 "topk_idx.npy: 1 crop has class indices outside [0, 6) (first: image 2, crop 1, value 200)"),
+    "image_size": (lambda a: a.__setitem__((6, 1), 0),
+                   "image_size.npy: 1 image has a height or width below 1 (first: image 6, value 0)"),
     "flip": (lambda a: a.view(np.uint8).__setitem__((4, 3), 7),
              "flip.npy: 1 crop has flip bytes other than 0 or 1 (first: image 4, crop 3, value 7)"),
     "coords": (lambda a: a.__setitem__((9, 4, 2), 1.5),
@@ -126,8 +134,8 @@ RANGE_FAULTS = {
 
 
 @pytest.mark.parametrize("name", sorted(RANGE_FAULTS))
-def test_cheap_checks_name_the_array_and_the_first_bad_crop(reference, tmp_path, name):
-    store = copy_of(reference, tmp_path)
+def test_cheap_checks_name_the_array_and_the_first_bad_crop(reference, plain_reference, tmp_path, name):
+    store = copy_of(plain_reference if name in ("coords", "flip") else reference, tmp_path)
     change, expected = RANGE_FAULTS[name]
     edit(store, name, change)
     message = open_error(store, verify="cheap")
@@ -254,7 +262,7 @@ def test_incomplete_store_checks_its_finished_chunks(partial, reference, tmp_pat
     assert main(["labels", "verify", str(partial)]) == 0
     out = capsys.readouterr().out
     assert "60 crops of 12 finished images in range" in out and "3/6 chunk markers present, 3 chunks' rows match" \
-        in out and "OK: 12 images, 60 crops, 7 arrays verified (incomplete: 3/6 chunks finished)" in out
+        in out and "OK: 12 images, 60 crops, 8 arrays verified (incomplete: 3/6 chunks finished)" in out
     store = copy_of(partial, tmp_path)
     edit(store, "y_s", lambda a: a.__setitem__((5, 0), a[5, 0] * 0.5))  # chunk 1, in range
     message = open_error(store, allow_partial=True)  # the first open in this process checks the finished chunks
@@ -281,24 +289,71 @@ def test_finalize_refuses_rows_damaged_after_they_were_written(partial, tmp_path
 # ----- fault 3: the verify command
 
 
-def test_labels_verify_command(reference, tmp_path, capsys):
+def test_labels_verify_command(reference, plain_reference, tmp_path, capsys):
     assert main(["labels", "verify", str(reference)]) == 0
     out = capsys.readouterr().out
     assert f"label store {reference}: complete, 23 images x 5 crops, marginal_smoothing_k3" in out
-    assert "7 arrays (coords, entropy, flip, targets, topk_idx, topk_prob, y_s) and image_ids.json match" in out
+    assert "6 arrays (entropy, image_size, targets, topk_idx, topk_prob, y_s) and image_ids.json match" in out
+    assert ("regions    coords and flip recomputed from the seed and image sizes (compact layout), matching each "
+            "finished chunk's sha256") in out
     assert "115 crops of 23 finished images in range" in out and "6/6 chunk markers present, 6 chunks' rows" in out
-    assert "checksums  7 arrays match" in out and out.rstrip().endswith("OK: 23 images, 115 crops, 7 arrays verified")
+    assert "checksums  8 arrays match" in out and out.rstrip().endswith("OK: 23 images, 115 crops, 8 arrays verified")
     assert main(["labels", "verify", str(reference), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["crops_checked"] == 115 and report["chunk_digests_checked"] == 6 and report["complete"]
+    assert report["layout"] == "compact" and report["recomputed"] == ["coords", "flip"]
 
-    store = copy_of(reference, tmp_path)
+    assert main(["labels", "verify", str(plain_reference)]) == 0
+    out = capsys.readouterr().out
+    assert "7 arrays (coords, entropy, flip, targets, topk_idx, topk_prob, y_s) and image_ids.json match" in out
+    assert "regions" not in out and out.rstrip().endswith("OK: 23 images, 115 crops, 7 arrays verified")
+    store = copy_of(plain_reference, tmp_path)
     edit(store, "coords", lambda a: a.__setitem__((0, 0, 0), a[0, 0, 0] * np.float16(0.5) + np.float16(0.01)))
     assert main(["labels", "verify", str(store)]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith(f"error: label store {store} is damaged:")
     assert "checksum mismatch in coords" in captured.err and "--overwrite" in captured.err
     assert "OK" not in captured.out
+
+
+# ----- the compact layout's recomputed regions
+
+
+def test_recomputed_regions_are_checked_against_the_chunk_markers(reference, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(store_module, "_VERIFIED", set())
+    store = copy_of(reference, tmp_path)
+    edit(store, "image_size", lambda a: a.__setitem__((5, 1), a[5, 1] + 1))  # image 5 (chunk 1), still in range
+    # the first open in a process compares image_size.npy with its checksum
+    assert "checksum mismatch in image_size" in open_error(store)
+    # without the checksums, the regions of chunk 1 are refused as soon as they are read; the others are fine
+    opened = LabelStore.open(store, verify="cheap")
+    np.testing.assert_array_equal(opened.coords[:4], LabelStore.open(reference).coords[:4])
+    with pytest.raises(StoreError) as caught:
+        opened.crops(6)
+    message = str(caught.value)
+    assert ("the crop boxes recomputed for chunk 1 (images 4-7) from the seed and image_size.npy differ from the "
+            "sha256 that chunks/000001.json recorded when the labels were generated") in message
+    assert REMEDY in message and "--layout plain" in message
+    assert main(["labels", "verify", str(store)]) == 2
+    assert "the crop boxes recomputed for chunk 1 (images 4-7)" in capsys.readouterr().err
+
+    # a marker whose flips' digest was changed: the flips of its chunk are refused
+    store = copy_of(reference, tmp_path, "marker")
+    marker = store / "chunks" / "000004.json"
+    content = json.loads(marker.read_text())
+    content["sha256"]["flip"] = "0" * 64
+    marker.write_text(json.dumps(content))
+    opened = LabelStore.open(store, verify="cheap")
+    with pytest.raises(StoreError, match=r"the crop flips recomputed for chunk 4 \(images 16-19\)"):
+        opened.flip[[2, 17]]
+    assert opened.flip[[2, 21]].shape == (2, 5)
+
+
+def test_recomputed_regions_of_unfinished_images_are_zero(partial, reference):
+    store = LabelStore.open(partial, allow_partial=True)
+    assert not np.asarray(store.coords[12:]).any() and not np.asarray(store.flip[12:]).any()
+    np.testing.assert_array_equal(store.coords[:12], LabelStore.open(reference).coords[:12])
+    assert (store.coords[:12, :, 2:] > 0).all()  # every finished crop has a height and a width
 
 
 # ----- fault 4: unreadable files
@@ -315,11 +370,12 @@ def _overwrite(file, at, data):
 
 
 FILE_FAULTS = {
-    "truncated npy": (lambda s: _truncate(s / "coords.npy", 300), "coords.npy is truncated: 300 bytes, expected 1,048"),
+    "truncated npy": (lambda s: _truncate(s / "topk_prob.npy", 600),
+                      "topk_prob.npy is truncated: 600 bytes, expected 818"),
     "broken header": (lambda s: _overwrite(s / "y_s.npy", 20, b"garbage!garbage!garb"),
                       "y_s.npy has a damaged header: it cannot be read as a .npy file"),
-    "no magic": (lambda s: _overwrite(s / "flip.npy", 0, bytes(6)),
-                 "flip.npy has a damaged header: it cannot be read as a .npy file"),
+    "no magic": (lambda s: _overwrite(s / "image_size.npy", 0, bytes(6)),
+                 "image_size.npy has a damaged header: it cannot be read as a .npy file"),
     "missing npy": (lambda s: (s / "entropy.npy").unlink(), "entropy.npy is missing"),
     "wrong shape": (lambda s: np.save(s / "targets.npy", np.zeros(20, np.int64)),
                     "targets.npy holds int64 (20,); the manifest expects int64 (23,)"),
@@ -366,7 +422,8 @@ def test_half_created_store_suggests_overwrite(reference, tmp_path):
     message = str(caught.value)
     assert "exists and is not a label store; choose an empty or new folder, or rerun with --overwrite " \
            "(overwrite=True from Python)" in message
-    assert "creation was interrupted before its manifest.json was written (chunks, coords.npy" in message
+    assert ("creation was interrupted before its manifest.json was written (chunks, entropy.npy, image_ids.json, "
+            "image_size.npy, …)") in message
     assert snapshot(store) == before
     assert generate(store, overwrite=True).manifest["checksums"] == LabelStore.open(reference).manifest["checksums"]
 

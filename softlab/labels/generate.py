@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import operator
+import os
 import shutil
 import time
 import warnings
@@ -30,13 +31,13 @@ from ..data.crops import (CUTTERS, CropParams, batched_cut_pays, cut_crops, cut_
                           sample_crops)
 from .autotune import BatchChoice, pick_batch_size
 from .quantize import entropy, parse_label_type, quantize
-from .store import LabelStore, StoreError, write_json_atomic
+from .store import LAYOUTS, LabelStore, StoreError, store_layout, write_json_atomic
 
 # A store made with these settings can be resumed only with the same values ("crops" includes the cutter; a
 # store without one was cut "exact"). The teacher's batch size is not among them: it is recorded under
 # "generation", and a resumed run reuses it, since fp32 results may differ in the last bits across batch sizes.
 _RESUME_KEYS = (("dataset", "fingerprint"), ("dataset", "num_images"), ("teacher", "spec"),
-                ("teacher", "weights_sha256"), ("crops",), ("label",), ("chunk_size",))
+                ("teacher", "weights_sha256"), ("crops",), ("label",), ("chunk_size",), ("layout",))
 
 
 BAD_IMAGE_MODES = ("fail", "skip")
@@ -80,7 +81,8 @@ def default_device() -> torch.device:
 
 
 def build_manifest(dataset: ImageDataset, teacher, num_crops: int, label_type, temperature: float,
-                   crop_params: CropParams, seed: int, chunk_size: int, cutter: str = "exact") -> dict:
+                   crop_params: CropParams, seed: int, chunk_size: int, cutter: str = "exact",
+                   layout: str = "compact") -> dict:
     label_type = parse_label_type(label_type)
     if teacher.num_classes != dataset.num_classes:
         raise ValueError(f"teacher {teacher.spec} predicts {teacher.num_classes} classes but {dataset.name} has "
@@ -100,6 +102,7 @@ def build_manifest(dataset: ImageDataset, teacher, num_crops: int, label_type, t
                   "temperature": float(temperature), "num_classes": dataset.num_classes,
                   "y_s": "teacher probability of the ground-truth class at temperature T"},
         "chunk_size": int(chunk_size),
+        "layout": layout,
     }
 
 
@@ -111,6 +114,8 @@ def _mismatches(old: dict, new: dict) -> list[str]:
             a, b = (a or {}).get(key), (b or {}).get(key)
         if path == ("crops",) and isinstance(a, dict) and "cutter" not in a:
             a = {**a, "cutter": "exact"}  # stores from before the choice of cutter
+        if path == ("layout",):
+            a = store_layout(old)  # stores from before the choice of layout are plain
         if a != b:
             out.append(f"{'.'.join(path)}: store has {a!r}, asked for {b!r}")
     return out
@@ -132,7 +137,7 @@ def open_or_create(out, manifest: dict, dataset: ImageDataset, overwrite: bool) 
         entries = sorted(p.name for p in out.iterdir())
         # LabelStore.create writes manifest.json last: these files without it are a store whose creation was killed
         known = {"chunks", "image_ids.json", "manifest.json.tmp", "coords.npy", "flip.npy", "topk_idx.npy",
-                 "topk_prob.npy", "y_s.npy", "entropy.npy", "targets.npy"}
+                 "topk_prob.npy", "y_s.npy", "entropy.npy", "targets.npy", "image_size.npy"}
         store_files = [name for name in entries if name in known]
         if store_files:
             raise StoreError(f"{out} exists and is not a label store; choose an empty or new folder, or rerun with "
@@ -191,15 +196,77 @@ def teacher_probs(teacher, crops: torch.Tensor, device: torch.device, temperatur
     return torch.softmax(logits.float() / temperature, dim=-1).cpu()
 
 
+class _Decoded(torch.utils.data.Dataset):
+    """``(index, image, target)`` of the images at ``indices``, in order; an image that cannot be decoded comes
+    back as ``(index, its BadImageError, None)``, a value, so that the generator decides what to do with it
+    whether it was decoded here or in a worker process."""
+
+    def __init__(self, dataset: ImageDataset, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int):
+        index = self.indices[position]
+        try:
+            image, target = self.dataset[index]
+        except BadImageError as error:
+            return index, error, None
+        return index, image.as_subclass(torch.Tensor), target
+
+
+def decoded_images(dataset: ImageDataset, indices: list[int], workers: int, pin_memory: bool = False):
+    """Iterate over ``_Decoded(dataset, indices)``: in this process (``workers=0``), or decoded ahead by
+    ``workers`` DataLoader worker processes (in order), so that decoding overlaps the teacher's forward."""
+    decoded = _Decoded(dataset, indices)
+    if workers == 0:
+        return (decoded[position] for position in range(len(decoded)))
+    return iter(torch.utils.data.DataLoader(decoded, batch_size=None, shuffle=False, num_workers=workers,
+                                            pin_memory=pin_memory, prefetch_factor=8))
+
+
+def compile_backend(compile) -> str | None:
+    """``generate_labels``' ``compile`` → a ``torch.compile`` backend name, or None for the eager teacher."""
+    if compile is False or compile is None:
+        return None
+    if compile is True:
+        return "inductor"
+    if isinstance(compile, str) and compile:
+        return compile
+    raise ValueError(f"compile must be True (torch.compile with inductor), False or a torch.compile backend name "
+                     f"such as \"inductor\", got {compile!r}")
+
+
+def decode_workers(workers, device: torch.device) -> int:
+    """Worker processes that decode images ahead of the teacher: ``"auto"`` means none on the CPU (they would
+    take cores from the teacher), and on CUDA up to 8, leaving a core per process on the node."""
+    if not (isinstance(workers, str) and workers == "auto"):
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ValueError(f"workers must be a whole number >= 0 (processes that decode images; 0 decodes them in "
+                             f"this process) or \"auto\", got {workers!r}")
+        return workers
+    if device.type != "cuda":
+        return 0
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(0, min(8, (os.cpu_count() or 1) // max(per_node, 1) - 1))
+
+
 def _chunk_rows(dataset, teacher, store: LabelStore, start: int, stop: int, batcher: _CropBatcher,
-                device: torch.device, progress, on_bad_image: str = "fail") -> tuple[dict, list[dict]]:
-    """One chunk's rows, and the images skipped in it (``on_bad_image="skip"``; "fail" raises instead)."""
+                device: torch.device, progress, on_bad_image: str = "fail", images=None) -> tuple[dict, list[dict]]:
+    """One chunk's rows, and the images skipped in it (``on_bad_image="skip"``; "fail" raises instead).
+
+    ``images`` yields the chunk's ``(index, image or BadImageError, target)`` (:func:`decoded_images`); None
+    decodes them here."""
+    if images is None:
+        images = decoded_images(dataset, list(range(start, stop)), workers=0)
     params = CropParams.from_dict(store.manifest["crops"])
     seed, num_crops = store.manifest["crops"]["seed"], store.num_crops
     size = tuple(teacher.input_size[1:])
     count = stop - start
     coords_all = np.zeros((count, num_crops, 4), dtype=np.float32)
     flips_all = np.zeros((count, num_crops), dtype=bool)
+    sizes = np.zeros((count, 2), dtype=np.int64)  # (0, 0): an image skipped as undecodable
     targets = torch.full((count,), -1, dtype=torch.int64)
     good = torch.ones(count, dtype=torch.bool)
     skipped = []
@@ -214,10 +281,12 @@ def _chunk_rows(dataset, teacher, store: LabelStore, start: int, stop: int, batc
                                           params.interpolation))
             group.clear()
 
-    for offset, index in enumerate(range(start, stop)):
-        try:
-            image, target = dataset[index]
-        except BadImageError as error:
+    for offset, expected in enumerate(range(start, stop)):
+        index, image, target = next(images)
+        if index != expected:
+            raise RuntimeError(f"decoded image {index} where image {expected} was due")
+        if isinstance(image, BadImageError):
+            error = image
             if on_bad_image != "skip":
                 raise _stopped_at(error, store, start, stop) from error
             skipped.append({"index": index, "id": dataset.image_id(index), "path": error.path,
@@ -226,10 +295,9 @@ def _chunk_rows(dataset, teacher, store: LabelStore, start: int, stop: int, batc
             progress.update(1)
             continue
         if device.type == "cuda":
-            image = image.pin_memory().to(device, non_blocking=True)
+            image = (image if image.is_pinned() else image.pin_memory()).to(device, non_blocking=True)
         height, width = image.shape[-2:]
         coords, flips = sample_crops(height, width, num_crops, params, seed, index)
-        image = image.as_subclass(torch.Tensor)
         if (cutter == "auto" and image.dim() == 3 and size[0] == size[1]
                 and batched_cut_pays(image.shape, size[0], params.interpolation)):
             if group and (group[0][0].shape != image.shape or len(group) * num_crops >= _GROUP_CROPS):
@@ -239,6 +307,7 @@ def _chunk_rows(dataset, teacher, store: LabelStore, start: int, stop: int, batc
             cut_group()
             batcher.add(cut_crops(image, coords, flips, size, params.interpolation))
         coords_all[offset], flips_all[offset], targets[offset] = coords, flips, target
+        sizes[offset] = height, width
         progress.update(1)
     cut_group()
     probs = torch.zeros(count, num_crops, store.num_classes)
@@ -247,7 +316,7 @@ def _chunk_rows(dataset, teacher, store: LabelStore, start: int, stop: int, batc
     indices, values = quantize(probs.reshape(-1, probs.shape[-1]), store.label_type)
     gathered = probs.gather(2, targets.clamp_min(0).view(-1, 1, 1).expand(-1, num_crops, 1)).squeeze(2)
     y_s = torch.where(targets.view(-1, 1) >= 0, gathered, torch.full_like(gathered, float("nan")))
-    rows = {"coords": coords_all, "flip": flips_all,
+    rows = {"coords": coords_all, "flip": flips_all, "image_size": sizes,
             "topk_prob": values.reshape(count, num_crops, -1).numpy().copy(),
             "y_s": y_s.numpy().copy(), "entropy": entropy(probs).numpy().copy()}
     if indices is not None:
@@ -345,7 +414,8 @@ def generate_labels(dataset: ImageDataset, teacher, out, num_crops: int | None =
                     label_type="marginal_smoothing_k5", temperature: float = 1.0, crop_params: CropParams | None = None,
                     seed: int = 0, chunk_size: int | None = None, batch_size: int | str = "auto", device=None,
                     overwrite: bool = False, progress: bool = True, before_marker=None,
-                    on_bad_image: str = "fail", cutter: str | None = None) -> LabelStore:
+                    on_bad_image: str = "fail", cutter: str | None = None, layout: str | None = None,
+                    workers: int | str = "auto", compile: bool | str = False) -> LabelStore:
     """Generate (or resume) a region soft-label store for ``dataset`` with ``teacher`` into folder ``out``.
 
     Each image is decoded once; its ``num_crops`` RandomResizedCrop regions (seeded per image) are cut at the
@@ -363,6 +433,19 @@ def generate_labels(dataset: ImageDataset, teacher, out, num_crops: int | None =
     :func:`~softlab.data.crops.cut_crops_batched`, the same antialiased resize to float rounding (pixels within
     ~1e-5), and larger images as "exact". It is a store setting (``manifest["crops"]["cutter"]``): None (the
     default) means the store's own when resuming (stores from before this option: "exact"), else "auto".
+
+    ``layout`` "compact" (the default for a new store) stores no crop regions, since they are a pure function of
+    (seed, image index, image size): readers recompute them and check them against each chunk's sha256; ``y_s``
+    and ``entropy`` are float16 and class indices uint8 for up to 256 classes. "plain" stores the regions
+    (``coords.npy``, ``flip.npy``) and float32 ``y_s``/``entropy``. None means the store's own when resuming.
+
+    ``workers`` processes decode images ahead of the teacher (a DataLoader, in order; the store is the same
+    byte for byte): "auto" (the default) means none on the CPU, where they would take the teacher's cores, and on
+    CUDA up to 8 (:func:`decode_workers`), so that decoding never starves the GPU.
+
+    ``compile`` runs the teacher through ``torch.compile`` (True: the inductor backend; a string: that backend)
+    after the batch size is chosen on the plain module. The first batches pay the compilation; a compiled
+    teacher's float32 outputs may differ from the eager ones in the last bits, as with another batch size.
 
     ``num_crops`` None means the data set's ``default_crops``. An image that cannot be decoded (not an image,
     truncated: :class:`~softlab.data.BadImageError`) stops the run before anything of its chunk is written
@@ -390,6 +473,10 @@ def generate_labels(dataset: ImageDataset, teacher, out, num_crops: int | None =
         batch_size = _check_count("batch_size", batch_size, "crops per teacher forward, or \"auto\"")
     if cutter is not None and cutter not in CUTTERS:
         raise ValueError(f"cutter must be one of {', '.join(CUTTERS)}, got {cutter!r}")
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    workers = decode_workers(workers, device)
+    backend = compile_backend(compile)
     ctx = distributed.context()
     if ctx.distributed and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", ctx.local_rank)
@@ -397,10 +484,14 @@ def generate_labels(dataset: ImageDataset, teacher, out, num_crops: int | None =
     choice = None
     # rank 0 creates (or checks) the store and fixes the batch size before the other ranks open it
     with distributed.main_first():
+        existing = _existing_manifest(out, overwrite and ctx.is_main)
         if cutter is None:
-            cutter = _existing_cutter(out, overwrite and ctx.is_main) or "auto"
+            crops = existing.get("crops") if existing else None
+            cutter = crops.get("cutter", "exact") if isinstance(crops, dict) else "auto"
+        if layout is None:
+            layout = store_layout(existing) if existing else "compact"
         manifest = build_manifest(dataset, teacher, num_crops, label_type, temperature,
-                                  crop_params or CropParams(), seed, chunk_size, cutter)
+                                  crop_params or CropParams(), seed, chunk_size, cutter, layout)
         store = open_or_create(out, manifest, dataset, overwrite and ctx.is_main)
         pending = store.pending_chunks()
         teacher = teacher.to(device).eval()
@@ -420,7 +511,8 @@ def generate_labels(dataset: ImageDataset, teacher, out, num_crops: int | None =
             raise StoreError(f"rank {ctx.rank}: {out} records no teacher batch size from rank 0")
     distributed.barrier()  # every rank has the same list of pending chunks before any marker is written
     mine = pending[ctx.rank::ctx.world_size]  # a balanced round-robin share of the pending chunks
-    batcher = _CropBatcher(teacher, choice.batch_size if choice else 1, device, temperature)
+    forward = torch.compile(teacher, backend=backend) if backend and todo else teacher
+    batcher = _CropBatcher(forward, choice.batch_size if choice else 1, device, temperature)
     started = time.perf_counter()
     if show and not todo:
         print(f"labels {Path(out).name}: all {store.num_images} images are labelled already; reopening the store")
@@ -435,10 +527,13 @@ def generate_labels(dataset: ImageDataset, teacher, out, num_crops: int | None =
         return done == todo
 
     skipped_now = 0
+    mine_images = [index for chunk in mine for index in range(*store.chunk_bounds(chunk))]
+    stream = decoded_images(dataset, mine_images, workers if mine_images else 0, pin_memory=device.type == "cuda")
     try:
         for chunk in mine:
             start, stop = store.chunk_bounds(chunk)
-            rows, skipped = _chunk_rows(dataset, teacher, store, start, stop, batcher, device, bar, on_bad_image)
+            rows, skipped = _chunk_rows(dataset, teacher, store, start, stop, batcher, device, bar, on_bad_image,
+                                        images=stream)
             if not ctx.distributed:  # one writer: the manifest names the finished chunks' skipped images at once
                 _note_skipped(store, start, stop, skipped)
             skipped_now += len(skipped)
@@ -469,7 +564,8 @@ def generate_labels(dataset: ImageDataset, teacher, out, num_crops: int | None =
             redone = set(pending)
             skipped_now = sum(1 for entry in merged if store.chunk_of(entry["index"]) in redone)
         crops_done = (todo - skipped_now) * num_crops
-        throughput = {**(store.manifest.get("generation") or {}), "crops": crops_done, "seconds": round(elapsed, 3),
+        throughput = {**(store.manifest.get("generation") or {}), "compile": backend or None,
+                      "crops": crops_done, "seconds": round(elapsed, 3),
                       "crops_per_s": round(crops_done / elapsed, 1) if elapsed > 0 else None,
                       "device": device.type}
         if ctx.distributed:
@@ -490,17 +586,17 @@ def generate_labels(dataset: ImageDataset, teacher, out, num_crops: int | None =
     return store
 
 
-def _existing_cutter(out, overwrite: bool) -> str | None:
-    """The cutter of the store in ``out`` that this run would resume ("exact" for stores from before the
-    option), or None when there is none."""
+def _existing_manifest(out, overwrite: bool) -> dict | None:
+    """The manifest of the store in ``out`` that this run would resume, or None when there is none (its settings
+    that are not given, the cutter and the layout, are then the store's own)."""
     path = Path(out) / "manifest.json"
     if overwrite or not path.is_file():
         return None
     try:
-        crops = json.loads(path.read_text()).get("crops") or {}
-    except (OSError, ValueError, AttributeError):
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None  # open_or_create reports the damage
-    return crops.get("cutter", "exact") if isinstance(crops, dict) else None
+    return manifest if isinstance(manifest, dict) else None
 
 
 def _choose_batch_size(store: LabelStore, teacher, device: torch.device, batch_size, crops: int) -> BatchChoice:

@@ -1,22 +1,29 @@
 """The label store: one folder per label set, a JSON manifest and memory-mapped ``.npy`` arrays.
 
-Layout of ``<store>/``::
+Layout of ``<store>/`` (``"compact"``, what ``softlab labels generate`` writes)::
 
     manifest.json        data set fingerprint, teacher, crop parameters, seed, label type, k, T, checksums
-    coords.npy           float16 [N, n, 4]   FKD's normalised (i/H, j/W, h/H, w/W)
-    flip.npy             bool    [N, n]
-    topk_idx.npy         int16/int32 [N, n, k]   (absent for label type "full")
+    image_size.npy       int32   [N, 2]      each image's (height, width) when its crops were sampled
+    topk_idx.npy         uint8/int16/int32 [N, n, k]   (absent for label type "full"; uint8 up to 256 classes)
     topk_prob.npy        float16 [N, n, k]   raw teacher probabilities of the kept classes ([N, n, C] for "full")
-    y_s.npy              float32 [N, n]      teacher probability of the ground-truth class (NaN: no label)
-    entropy.npy          float32 [N, n]      entropy (nats) of the teacher distribution
+    y_s.npy              float16 [N, n]      teacher probability of the ground-truth class (NaN: no label)
+    entropy.npy          float16 [N, n]      entropy (nats) of the teacher distribution
     targets.npy          int64   [N]
     image_ids.json       stable image names (relative paths for folders)
-    chunks/<c>.json      one marker per finished chunk of images, with the sha256 of its bytes (and, from
+    chunks/<c>.json      one marker per finished chunk of images, with the sha256 of its rows (and, from
                          `softlab labels generate`, the chunk's skipped images)
+
+A generated store's crop regions are a pure function of (seed, image index, image size)
+(:func:`~softlab.data.crops.sample_crops`), so the compact layout does not store them: ``store.coords``
+(float16 ``[N, n, 4]``, FKD's normalised (i/H, j/W, h/H, w/W)) and ``store.flip`` (bool ``[N, n]``) are
+recomputed chunk by chunk on first use, and each chunk's are checked against the sha256 its marker recorded when
+the labels were generated. The ``"plain"`` layout (``--layout plain``; imported FKD labels; stores of format
+version 1) keeps them as ``coords.npy`` and ``flip.npy``, with ``y_s`` and ``entropy`` in float32 and class
+indices in int16/int32.
 
 Images that could not be decoded when the labels were generated (``on_bad_image="skip"``) keep their index but
 have no labels: the manifest lists them under ``"skipped"`` (``{index, id, path, reason, detail}``), and their rows
-hold NaN ``y_s`` and ``entropy``, zero probabilities, class indices and coordinates, and no flips
+hold NaN ``y_s`` and ``entropy``, zero probabilities, class indices, coordinates and image size, and no flips
 (:attr:`LabelStore.skipped`, :meth:`LabelStore.skipped_mask`). Training and calibration leave them out.
 
 Arrays are preallocated; a chunk's rows count as written only once its marker exists (the marker is written
@@ -43,8 +50,11 @@ import torch
 from .quantize import dense_labels, parse_label_type
 
 FORMAT = "softlab-labels"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the compact layout; plain stores are still written as version 1
 PER_CROP_ARRAYS = ("coords", "flip", "topk_idx", "topk_prob", "y_s", "entropy")
+CHUNK_ARRAYS = PER_CROP_ARRAYS + ("image_size",)  # written chunk by chunk, their rows' sha256 in the markers
+DERIVED_ARRAYS = ("coords", "flip")  # recomputed, not stored, in the compact layout
+LAYOUTS = ("compact", "plain")
 VERIFY_LEVELS = ("auto", "full", "cheap", "none")
 SCAN_BLOCK_BYTES = 4 << 20  # value checks read memory-mapped arrays in blocks of about this many bytes
 
@@ -68,21 +78,39 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def array_specs(num_images: int, num_crops: int, num_classes: int, label_type) -> dict:
-    """name → (dtype, shape) of every array of a store."""
+def array_specs(num_images: int, num_crops: int, num_classes: int, label_type, layout: str = "plain") -> dict:
+    """name → (dtype, shape) of every array file of a store."""
     label_type = parse_label_type(label_type)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     k = label_type.stored_k(num_classes)
+    compact = layout == "compact"
+    scalar = "float16" if compact else "float32"
     specs = {
         "coords": ("float16", (num_images, num_crops, 4)),
         "flip": ("bool", (num_images, num_crops)),
         "topk_prob": ("float16", (num_images, num_crops, k)),
-        "y_s": ("float32", (num_images, num_crops)),
-        "entropy": ("float32", (num_images, num_crops)),
+        "y_s": (scalar, (num_images, num_crops)),
+        "entropy": (scalar, (num_images, num_crops)),
         "targets": ("int64", (num_images,)),
     }
+    if compact:
+        del specs["coords"], specs["flip"]
+        specs["image_size"] = ("int32", (num_images, 2))
     if label_type.kind != "full":
-        specs["topk_idx"] = ("int16" if num_classes <= np.iinfo(np.int16).max else "int32", (num_images, num_crops, k))
+        specs["topk_idx"] = (index_dtype(num_classes, compact), (num_images, num_crops, k))
     return specs
+
+
+def index_dtype(num_classes: int, compact: bool) -> str:
+    if compact and num_classes <= 256:
+        return "uint8"
+    return "int16" if num_classes <= np.iinfo(np.int16).max else "int32"
+
+
+def store_layout(manifest: dict) -> str:
+    """A manifest's layout: ``"compact"`` or ``"plain"`` (stores from before the choice)."""
+    return manifest.get("layout", "plain") if isinstance(manifest, dict) else "plain"
 
 
 class LabelStore:
@@ -95,9 +123,12 @@ class LabelStore:
         _check_manifest(self.path, manifest)
         _check_skipped(self.path, manifest)
         self.label_type = parse_label_type(manifest["label"]["type"])
+        self.layout = store_layout(manifest)
         self.arrays = {name: _map_array(self.path, name, spec, mode, manifest)
                        for name, spec in manifest["arrays"].items()}
         self.image_ids = _read_image_ids(self.path, manifest)
+        # the compact layout's crop regions, recomputed on first use (see the module docstring)
+        self.derived = RecomputedCrops(self).arrays() if self.layout == "compact" else {}
 
     # ----- creation and writing
     @classmethod
@@ -107,8 +138,14 @@ class LabelStore:
         path.mkdir(parents=True, exist_ok=True)
         (path / "chunks").mkdir(exist_ok=True)
         dataset, label = manifest["dataset"], manifest["label"]
-        specs = array_specs(dataset["num_images"], manifest["crops"]["num_crops"], label["num_classes"], label["type"])
-        manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION, "complete": False,
+        layout = store_layout(manifest)
+        specs = array_specs(dataset["num_images"], manifest["crops"]["num_crops"], label["num_classes"], label["type"],
+                            layout)
+        if layout == "compact" and manifest["crops"].get("seed") is None:
+            raise ValueError("the compact layout recomputes crop regions from their seed: a store without one "
+                             "(imported labels) needs layout \"plain\"")
+        manifest = {**manifest, "format": FORMAT, "format_version": 2 if layout == "compact" else 1,
+                    "complete": False,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "arrays": {name: {"dtype": dtype, "shape": list(shape)} for name, (dtype, shape) in specs.items()}}
         for name, (dtype, shape) in specs.items():
@@ -153,19 +190,27 @@ class LabelStore:
         return [c for c in range(self.num_chunks) if c not in done]
 
     def write_chunk(self, chunk: int, rows: dict, before_marker=None, marker_extra: dict | None = None) -> None:
-        """Write one chunk's per-crop rows, flush them, then publish the chunk's marker (with the entries of
-        ``marker_extra`` besides its own: a generator records the chunk's skipped images there)."""
+        """Write one chunk's rows, flush them, then publish the chunk's marker (with the entries of
+        ``marker_extra`` besides its own: a generator records the chunk's skipped images there).
+
+        The compact layout writes no ``coords`` or ``flip``: their rows' sha256 goes into the marker, for the
+        check of the regions that readers recompute."""
         start, stop = self.chunk_bounds(chunk)
         digests = {}
-        for name in PER_CROP_ARRAYS:
-            if name not in self.arrays:
+        for name in CHUNK_ARRAYS:
+            if name in self.arrays:
+                target = self.arrays[name]
+            elif name in self.derived:
+                target = self.derived[name]
+            else:
                 continue
-            data = np.asarray(rows[name], dtype=self.arrays[name].dtype)
-            if data.shape != self.arrays[name][start:stop].shape:
+            data = np.asarray(rows[name], dtype=target.dtype)
+            if data.shape != (stop - start, *target.shape[1:]):
                 raise StoreError(f"chunk {chunk}: {name} has shape {data.shape}, "
-                                 f"expected {self.arrays[name][start:stop].shape}")
-            self.arrays[name][start:stop] = data
-            self.arrays[name].flush()
+                                 f"expected {(stop - start, *target.shape[1:])}")
+            if name in self.arrays:
+                target[start:stop] = data
+                target.flush()
             digests[name] = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
         if before_marker is not None:
             before_marker(chunk)
@@ -181,7 +226,7 @@ class LabelStore:
         missing = self.pending_chunks()
         if missing:
             raise StoreError(f"cannot finalise {self.path}: chunks {missing[:5]}... not written")
-        checksums, digests = self._hash_pass(whole=True, chunks=range(self.num_chunks))
+        checksums, digests = self._hash_pass(whole=True, chunks=range(self.num_chunks), derived=True)
         problems = self._compare_chunk_digests(digests)
         if problems:
             raise _damaged(self.path, problems, self.manifest)
@@ -192,7 +237,7 @@ class LabelStore:
         _VERIFIED.add(self._checksum_key())  # just computed from these very files: no need to hash them again
 
     def compute_checksums(self) -> dict:
-        return {name: _sha256_rows(array) for name, array in self.arrays.items()}
+        return {name: _sha256_rows(array) for name, array in {**self.arrays, **self.derived}.items()}
 
     # ----- opening and reading
     @classmethod
@@ -234,7 +279,9 @@ class LabelStore:
         complete = bool(self.manifest.get("complete"))
         report = {"store": str(self.path), "level": level, "complete": complete, "images": self.num_images,
                   "crops_per_image": self.num_crops, "label_type": self.label_type.name,
-                  "arrays": sorted(self.arrays), "chunks": self.num_chunks, "chunks_finished": len(finished),
+                  "layout": self.layout, "arrays": sorted(self.arrays),
+                  "recomputed": sorted(self.derived) if level == "full" else [],
+                  "chunks": self.num_chunks, "chunks_finished": len(finished),
                   "images_checked": 0, "crops_checked": 0, "chunk_digests_checked": 0, "checksums": "skipped"}
         if level == "none":
             return report
@@ -256,9 +303,10 @@ class LabelStore:
             if level == "auto" and key in _VERIFIED:
                 report["checksums"] = "verified earlier in this process"
                 return report
-            checksums, digests = self._hash_pass(whole=True, chunks=finished if level == "full" else ())
+            full = level == "full"
+            checksums, digests = self._hash_pass(whole=True, chunks=finished if full else (), derived=full)
             expected = self.manifest["checksums"]
-            bad = [name for name in self.arrays if expected.get(name) != checksums[name]]
+            bad = [name for name in checksums if expected.get(name) != checksums[name]]
             if bad:
                 problems.append(f"checksum mismatch in {', '.join(bad)}: the contents of "
                                 f"{', '.join(name + '.npy' for name in bad)} differ from the sha256 recorded in "
@@ -272,7 +320,7 @@ class LabelStore:
             return report
         state = self._files_state()
         todo = [chunk for chunk in finished if level == "full" or self._chunk_key(chunk, state) not in _VERIFIED]
-        _, digests = self._hash_pass(whole=False, chunks=todo)
+        _, digests = self._hash_pass(whole=False, chunks=todo, derived=level == "full")
         problems = self._compare_chunk_digests(digests)
         if problems:
             hint = None if _imported(self.manifest) else (
@@ -301,14 +349,17 @@ class LabelStore:
         stat = self._marker(chunk).stat()
         return (str(self.path.resolve()), chunk, stat.st_ino, stat.st_mtime_ns, stat.st_size, files_state)
 
-    def _hash_pass(self, whole: bool, chunks) -> tuple[dict, dict]:
+    def _hash_pass(self, whole: bool, chunks, derived: bool = False) -> tuple[dict, dict]:
         """One read of the arrays → (whole-array sha256 per array, or {} unless ``whole``; {chunk: {array: sha256
-        of the chunk's rows}} for ``chunks``, over the per-crop arrays, as :meth:`write_chunk` records them)."""
+        of the chunk's rows}} for ``chunks``, over the chunk-written arrays, as :meth:`write_chunk` records them).
+
+        ``derived`` includes the compact layout's recomputed regions (their recomputation checks each chunk against
+        its marker by itself); without it only the files are read."""
         chunks = set(chunks)
         checksums, digests = {}, {chunk: {} for chunk in chunks}
         order = range(self.num_chunks) if whole else sorted(chunks)
-        for name, array in self.arrays.items():
-            if name not in PER_CROP_ARRAYS:
+        for name, array in {**self.arrays, **(self.derived if derived else {})}.items():
+            if name not in CHUNK_ARRAYS:
                 if whole:
                     checksums[name] = _sha256_rows(array)
                 continue
@@ -369,8 +420,11 @@ class LabelStore:
         prob_tol = probability_sum_tolerance(num_classes, k)
         max_entropy = math.log(num_classes)
         # a label recovered from float16 values may sum to 1 + prob_tol, and a vector summing to s has an entropy
-        # of at most s·ln(C/s) ≈ ln C + (s − 1)(ln C − 1): (1 + ln C)·prob_tol covers that and float32 rounding
+        # of at most s·ln(C/s) ≈ ln C + (s − 1)(ln C − 1): (1 + ln C)·prob_tol covers that and float32 rounding;
+        # an entropy stored in float16 (compact layout) may round up by half a float16 step, 2^-11 relative
         entropy_tol = (1 + max_entropy) * prob_tol
+        if "entropy" in self.arrays and self.arrays["entropy"].dtype == np.float16:
+            entropy_tol += max_entropy * 2.0 ** -11
         targets = np.asarray(self.targets)
         labelled = targets >= 0
         # images listed as skipped hold the "no label" pattern instead; the other images get the usual checks
@@ -391,6 +445,8 @@ class LabelStore:
             "entropy": _Tally("entropy.npy", f"an entropy outside [0, ln {num_classes} = {max_entropy:.4g}] nats, "
                               "or not finite"),
             "targets": _Tally("targets.npy", f"a class outside [-1, {num_classes})", per_crop=False),
+            "image_size": _Tally("image_size.npy", "a height or width below 1", per_crop=False),
+            "skipped image_size": _Tally("image_size.npy", f"a size other than 0 × 0 for {listed}", per_crop=False),
         }
         no_label = {"coords": (f"coordinates other than 0 in {listed}", lambda block: block == 0),
                     "flip": (f"a flip in {listed}", lambda block: block.view(np.uint8) == 0),
@@ -402,6 +458,11 @@ class LabelStore:
             tallies["skipped " + name] = _Tally(f"{name}.npy", what)
         bad_targets = (targets < -1) | (targets >= num_classes)
         tallies["targets"].add(bad_targets, 0, targets)
+        if "image_size" in self.arrays:
+            sizes = np.asarray(self.arrays["image_size"])
+            smallest = sizes.min(axis=1)
+            tallies["image_size"].add(finished & ~skip & (smallest < 1), 0, smallest)
+            tallies["skipped image_size"].add(finished & skip & (sizes != 0).any(axis=1), 0, sizes.max(axis=1))
 
         for name in PER_CROP_ARRAYS:
             if name not in self.arrays:
@@ -495,9 +556,10 @@ class LabelStore:
         return self.manifest["label"]["temperature"]
 
     def __getattr__(self, name):
-        arrays = self.__dict__.get("arrays", {})
-        if name in arrays:
-            return arrays[name]
+        for group in ("arrays", "derived"):
+            arrays = self.__dict__.get(group, {})
+            if name in arrays:
+                return arrays[name]
         raise AttributeError(name)
 
     def __len__(self) -> int:
@@ -538,6 +600,7 @@ class LabelStore:
             "crops_per_image": self.num_crops,
             "classes": self.num_classes,
             "label_type": self.label_type.name,
+            "layout": self.layout,
             "temperature": self.temperature,
             "teacher": self.manifest["teacher"].get("spec"),
             "seed": self.manifest["crops"]["seed"],
@@ -547,6 +610,115 @@ class LabelStore:
             "y_s_quartiles": np.quantile(labelled, [0.25, 0.5, 0.75]).round(4).tolist() if labelled.size else [],
             "entropy_mean": float(np.asarray(self.entropy, dtype=np.float64)[used].mean()) if used.any() else float("nan"),
         }
+
+
+class RecomputedCrops:
+    """A compact store's crop regions: recomputed from (seed, image index, image size) a chunk at a time, on first
+    use, and checked against the sha256 of the rows the generator had (its chunk marker) before anything reads them.
+
+    Rows of unfinished chunks read as zeros, like a plain store's preallocated rows; skipped images (size 0 × 0)
+    have zero coordinates and no flips, as the generator wrote them.
+    """
+
+    def __init__(self, store: "LabelStore"):
+        from ..data.crops import CropParams  # the data layer imports torchvision: only compact stores need it
+
+        self.store = store
+        self.params = CropParams.from_dict(store.manifest["crops"])
+        self.seed = store.manifest["crops"]["seed"]
+        shape = (store.num_images, store.num_crops)
+        # np.zeros maps untouched pages lazily: memory grows only with the chunks actually recomputed
+        self.data = {"coords": np.zeros((*shape, 4), dtype=np.float16), "flip": np.zeros(shape, dtype=bool)}
+        self.ready = np.zeros(store.num_chunks, dtype=bool)
+
+    def arrays(self) -> dict:
+        return {name: RecomputedArray(self, name) for name in DERIVED_ARRAYS}
+
+    def ensure(self, chunks) -> None:
+        """Recompute (and check) the given chunks' regions, those of finished chunks not done yet."""
+        todo = [int(chunk) for chunk in chunks if not self.ready[chunk]]
+        if not todo:
+            return
+        finished = self.store.finished_chunks()
+        for chunk in todo:
+            if chunk in finished:
+                self._recompute(chunk)
+
+    def _recompute(self, chunk: int) -> None:
+        from ..data.crops import sample_crops_many
+
+        start, stop = self.store.chunk_bounds(chunk)
+        sizes = np.asarray(self.store.arrays["image_size"][start:stop])
+        coords, flips = sample_crops_many(sizes, self.store.num_crops, self.params, self.seed, range(start, stop))
+        rows = {"coords": coords.astype(np.float16), "flip": flips}
+        marker = self.store._marker(chunk)
+        try:
+            recorded = json.loads(marker.read_text()).get("sha256") or {}
+        except (OSError, ValueError, AttributeError):
+            raise _damaged(self.store.path, [f"chunks/{marker.name} is unreadable (truncated or not valid JSON)"],
+                           self.store.manifest) from None
+        differ = [name for name, data in rows.items()
+                  if recorded.get(name) != hashlib.sha256(np.ascontiguousarray(data)).hexdigest()]
+        if differ:
+            raise _damaged(self.store.path, [
+                f"the crop {' and '.join('boxes' if name == 'coords' else 'flips' for name in differ)} recomputed "
+                f"for chunk {chunk} (images {start}-{stop - 1}) from the seed and image_size.npy differ from the "
+                f"sha256 that chunks/{marker.name} recorded when the labels were generated (image_size.npy or the "
+                "marker was changed, or this numpy samples the regions differently from the generating one)"],
+                self.store.manifest, hint="To keep regions exactly as generated, store them: --layout plain.")
+        for name, data in rows.items():
+            self.data[name][start:stop] = data
+        self.ready[chunk] = True
+
+
+class RecomputedArray:
+    """Read-only array view of one of :class:`RecomputedCrops`' arrays (``coords`` or ``flip``): indexing recomputes
+    the chunks of the images it touches, then indexes a numpy array; ``np.asarray`` recomputes them all."""
+
+    def __init__(self, source: RecomputedCrops, name: str):
+        self.source, self.name = source, name
+        self.dtype, self.shape = source.data[name].dtype, source.data[name].shape
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _images(self, key) -> np.ndarray | range:
+        first = key[0] if isinstance(key, tuple) and key else key
+        count = self.shape[0]
+        if first is Ellipsis or (isinstance(key, tuple) and not key):
+            return range(count)
+        if isinstance(first, slice):
+            return range(count)[first]
+        if isinstance(first, (int, np.integer)):
+            return [int(first) % count] if -count <= first < count else []
+        first = np.asarray(first)
+        if first.dtype == bool:
+            return np.flatnonzero(first)
+        return np.unique(first.ravel() % count) if first.size else []
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)) and -self.shape[0] <= key < self.shape[0]:  # one image: the hot path
+            chunk = int(key) % self.shape[0] // self.source.store.manifest["chunk_size"]
+            if not self.source.ready[chunk]:
+                self.source.ensure([chunk])
+            return self.source.data[self.name][key]
+        images = self._images(key)
+        if len(images):
+            size = self.source.store.manifest["chunk_size"]
+            if isinstance(images, range):
+                chunks = range(min(images) // size, max(images) // size + 1)
+            else:
+                chunks = np.unique(np.asarray(images) // size)
+            self.source.ensure(chunks)
+        return self.source.data[self.name][key]
+
+    def __array__(self, dtype=None, copy=None):
+        self.source.ensure(range(self.source.store.num_chunks))
+        return np.asarray(self.source.data[self.name], dtype=dtype)
+
+    def __repr__(self) -> str:
+        return f"RecomputedArray({self.name}, dtype={self.dtype}, shape={self.shape})"
 
 
 def _sha256_rows(array: np.ndarray, rows_per_block: int = 4096) -> str:
@@ -711,9 +883,19 @@ def _check_manifest(path: Path, manifest: dict) -> None:
              if not isinstance(value, int) or isinstance(value, bool) or value < least]
     if wrong:
         raise _damaged(path, [f"manifest.json has invalid counts: {', '.join(wrong)}"], manifest)
+    layout = store_layout(manifest)
+    if layout not in LAYOUTS:
+        raise _damaged(path, [f"manifest.json has an unknown layout {layout!r} (softlab knows "
+                              f"{', '.join(LAYOUTS)})"], manifest)
+    if layout == "compact":
+        seed, crops = manifest["crops"].get("seed"), manifest["crops"]
+        needed = ("scale", "ratio", "flip_p", "interpolation")
+        if not isinstance(seed, int) or isinstance(seed, bool) or any(crops.get(key) is None for key in needed):
+            raise _damaged(path, ["manifest.json's crops lack the seed or crop settings that the compact layout "
+                                  "recomputes the crop regions from"], manifest)
     try:
         specs = array_specs(manifest["dataset"]["num_images"], manifest["crops"]["num_crops"],
-                            manifest["label"]["num_classes"], manifest["label"]["type"])
+                            manifest["label"]["num_classes"], manifest["label"]["type"], layout)
     except (ValueError, TypeError):
         raise _damaged(path, [f"manifest.json has an unknown label type {manifest['label']['type']!r}"],
                        manifest) from None
