@@ -116,6 +116,9 @@ def _add_label_commands(sub) -> None:
     imp.add_argument("--data", default=None, help="match files to this data set's images (e.g. an image folder)")
     imp.add_argument("--label-type", default=None, help="e.g. marginal_renorm_k5 (default: from the files)")
     imp.add_argument("--num-classes", type=int, default=None)
+    imp.add_argument("--workers", type=_workers, default="auto",
+                     help="processes that read the files (0: none), or auto (the default): one per core, up to 8, "
+                          "for more than 1,000 files")
     imp.set_defaults(func=cmd_labels_import)
     exp = commands.add_parser("export-fkd", help="export a store as FKD .tar files")
     exp.add_argument("store")
@@ -314,7 +317,7 @@ def cmd_labels_import(args) -> int:
 
     dataset = load_dataset(args.data) if args.data else None
     store = import_fkd(args.folder, args.out, dataset=dataset, label_type=args.label_type,
-                       num_classes=args.num_classes)
+                       num_classes=args.num_classes, workers=args.workers)
     _print_summary(store.summary())
     return 0
 

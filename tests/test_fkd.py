@@ -185,3 +185,21 @@ def test_two_images_sharing_an_fkd_file_name_are_an_error(tmp_path):
     single = ImageFolderDataset(_fkd_image_folder(tmp_path / "one", ["cat/a.png", "dog/d.png"]))
     with pytest.raises(StoreError, match=r"FKD files 'dog/d' and 'dog/d\.x' both map to FKD's label file dog/d\.tar"):
         import_fkd(tmp_path / "zoo", tmp_path / "back2", dataset=single, progress=False)
+
+
+def test_reading_files_in_worker_processes_gives_the_same_store_and_errors(tmp_path):
+    store = generate_labels(NoiseImages(count=23), LinearTeacher(), tmp_path / "s", num_crops=4,
+                            label_type="marginal_smoothing_k3", progress=False)
+    export_fkd(store, tmp_path / "fkd", fp16=True, progress=False)
+    one = import_fkd(tmp_path / "fkd", tmp_path / "one", workers=0, chunk_size=5, progress=False)
+    two = import_fkd(tmp_path / "fkd", tmp_path / "two", workers=2, chunk_size=5, progress=False)
+    for path in sorted(one.path.glob("*.npy")):
+        assert (two.path / path.name).read_bytes() == path.read_bytes(), path.name
+    # a file with another crop count, read by a worker, stops the import with the message it gives without workers
+    bad = sorted((tmp_path / "fkd" / "train").rglob("*.tar"))[17]
+    torch.save([np.zeros((2, 4), np.float32), np.zeros(2, bool), np.zeros((2, 2, 3), np.float32)], bad)
+    with pytest.raises(StoreError, match=f"{bad} has 2 crops; the other files have 4"):
+        import_fkd(tmp_path / "fkd", tmp_path / "three", workers=2, chunk_size=5, progress=False)
+    with pytest.raises(ValueError, match="workers must be a whole number >= 0"):
+        import_fkd(tmp_path / "fkd", tmp_path / "four", workers=-2, progress=False)
+    assert not (tmp_path / "four").exists()
