@@ -163,3 +163,23 @@ def test_many_images_at_once_equal_one_by_one():
         expected = sample_crops(int(height), int(width), 12, params, seed=5, image_index=int(indices[row]))
         np.testing.assert_array_equal(coords[row], expected[0])
         np.testing.assert_array_equal(flips[row], expected[1])
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_resize_weights_from_the_table_equal_the_direct_computation(interpolation):
+    from softlab.data.crops import _weights, resize_weights
+
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 29, 300)
+    starts = np.array([rng.integers(0, 28 - length + 1) for length in lengths])
+    table = resize_weights(starts, lengths, 28, 32, interpolation)  # a 28-px axis: read from the table
+    for n in range(0, 300, 37):
+        direct = _weights(np.array([[starts[n], lengths[n]]]), 28, 32, interpolation)[0]
+        assert torch.equal(table[n], torch.from_numpy(direct))
+        # every output pixel's weights sum to 1 over the source pixels inside the box, and are 0 outside it
+        inside = np.zeros(28, bool)
+        inside[starts[n]:starts[n] + lengths[n]] = True
+        assert not table[n][:, ~inside].any()
+        torch.testing.assert_close(table[n].sum(1), torch.ones(32), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="boxes must lie inside the axis of 28 pixels"):
+        resize_weights([20], [9], 28, 32, interpolation)

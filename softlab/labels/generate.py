@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..data.base import BadImageError, ImageDataset
 from ..data.crops import (CUTTERS, CropParams, batched_cut_pays, cut_crops, cut_crops_batched, pixel_boxes,
-                          sample_crops)
+                          sample_crops_many)
 from .autotune import BatchChoice, pick_batch_size
 from .quantize import entropy, parse_label_type, quantize
 from .store import LAYOUTS, LabelStore, StoreError, store_layout, write_json_atomic
@@ -41,6 +41,7 @@ _RESUME_KEYS = (("dataset", "fingerprint"), ("dataset", "num_images"), ("teacher
 
 
 BAD_IMAGE_MODES = ("fail", "skip")
+SAMPLE_BLOCK = 64  # images decoded ahead of cutting whose crops are sampled together
 
 
 class SkippedImagesWarning(UserWarning):
@@ -281,10 +282,8 @@ def _chunk_rows(dataset, teacher, store: LabelStore, start: int, stop: int, batc
                                           params.interpolation))
             group.clear()
 
-    for offset, expected in enumerate(range(start, stop)):
-        index, image, target = next(images)
-        if index != expected:
-            raise RuntimeError(f"decoded image {index} where image {expected} was due")
+    for offset, ((index, image, target), coords, flips) in enumerate(
+            _with_crops(images, start, stop, num_crops, params, seed)):
         if isinstance(image, BadImageError):
             error = image
             if on_bad_image != "skip":
@@ -297,7 +296,6 @@ def _chunk_rows(dataset, teacher, store: LabelStore, start: int, stop: int, batc
         if device.type == "cuda":
             image = (image if image.is_pinned() else image.pin_memory()).to(device, non_blocking=True)
         height, width = image.shape[-2:]
-        coords, flips = sample_crops(height, width, num_crops, params, seed, index)
         if (cutter == "auto" and image.dim() == 3 and size[0] == size[1]
                 and batched_cut_pays(image.shape, size[0], params.interpolation)):
             if group and (group[0][0].shape != image.shape or len(group) * num_crops >= _GROUP_CROPS):
@@ -329,6 +327,20 @@ def _chunk_rows(dataset, teacher, store: LabelStore, start: int, stop: int, batc
         if indices is not None:
             rows["topk_idx"][bad] = 0
     return rows, skipped
+
+
+def _with_crops(images, start: int, stop: int, num_crops: int, params: CropParams, seed: int):
+    """``((index, image, target), coords, flips)`` for images ``start``..``stop - 1`` of the ``images`` stream:
+    the crops of up to ``SAMPLE_BLOCK`` decoded images are sampled together (:func:`sample_crops_many`, equal to
+    sampling them one by one)."""
+    for block_start in range(start, stop, SAMPLE_BLOCK):
+        block = [next(images) for _ in range(min(SAMPLE_BLOCK, stop - block_start))]
+        due = list(range(block_start, block_start + len(block)))
+        if [index for index, _, _ in block] != due:
+            raise RuntimeError(f"decoded images {[index for index, _, _ in block]} where images {due} were due")
+        shapes = [(0, 0) if isinstance(image, BadImageError) else tuple(image.shape[-2:]) for _, image, _ in block]
+        coords, flips = sample_crops_many(shapes, num_crops, params, seed, due)
+        yield from zip(block, coords, flips)
 
 
 def _stopped_at(error: BadImageError, store: LabelStore, start: int, stop: int) -> BadImageError:
