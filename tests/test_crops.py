@@ -183,3 +183,17 @@ def test_resize_weights_from_the_table_equal_the_direct_computation(interpolatio
         torch.testing.assert_close(table[n].sum(1), torch.ones(32), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="boxes must lie inside the axis of 28 pixels"):
         resize_weights([20], [9], 28, 32, interpolation)
+
+
+def test_a_steps_online_crops_drawn_together_equal_one_draw_per_image():
+    from softlab.train.loader import _CROPS, RandomCrops
+
+    source = RandomCrops(CropParams(scale=(0.3, 1.0)), num_crops=5, seed=9)
+    images, sizes = [4, 0, 17, 4], [(28, 28), (40, 17), (300, 500), (5, 90)]
+    coords, flips, crops = source.draw_many(3, images, sizes)
+    assert coords.shape == (4, 5, 4) and flips.shape == (4, 5) and (crops == -1).all()
+    for row, (image, (height, width)) in enumerate(zip(images, sizes)):
+        boxes, expected_flips = sample_crop_boxes(height, width, 5, CropParams(scale=(0.3, 1.0)),
+                                                  np.random.default_rng([9, _CROPS, 3, image]))
+        np.testing.assert_array_equal(coords[row], normalise_boxes(boxes, height, width))
+        np.testing.assert_array_equal(flips[row], expected_flips)

@@ -68,61 +68,45 @@ def crop_rng(seed: int, image_index: int) -> np.random.Generator:
 
 def sample_crop_boxes(height: int, width: int, num_crops: int, params: CropParams, rng: np.random.Generator):
     """Sample ``num_crops`` boxes → (pixel boxes int64 ``[n, 4]`` as (i, j, h, w), flips bool ``[n]``)."""
-    boxes, flips = _boxes_from_draws(np.array([[height, width]]), params, _draw(rng, num_crops, params)[None])
+    stream = rng.random((1, num_crops * _DRAWS_PER_CROP))
+    boxes, flips = _boxes_from_streams(np.array([[height, width]]), num_crops, params, stream)
     return boxes[0], flips[0]
 
 
 _TRIES = 10  # RandomResizedCrop's tries before its central-crop fallback
+_DRAWS_PER_CROP = 2 * _TRIES + 3  # uniform doubles per crop: area scales, log ratios, two offsets, the flip
 
 
-def _draw(rng: np.random.Generator, num_crops: int, params: CropParams) -> np.ndarray:
-    """One image's uniform draws → float64 ``[n, 2·tries + 3]`` (see :func:`_draws_from_streams`)."""
-    return _draws_from_streams(rng.random((1, num_crops * (2 * _TRIES + 3))), num_crops, params)[0]
-
-
-def _draws_from_streams(streams: np.ndarray, num_crops: int, params: CropParams) -> np.ndarray:
-    """Images' streams of uniform doubles ``[m, n·(2·tries + 3)]`` → their draws ``[m, n, 2·tries + 3]``:
-    target-area scale factors, log aspect ratios, the two offsets, the flip draw. Slicing one stream gives the
-    numbers that calls of ``uniform(low, high, size)`` in that order would (numpy computes ``low + (high − low)·u``)."""
-    n, m = num_crops, len(streams)
-    log_ratio = np.log(params.ratio)
-    area, ratio = streams[:, :n * _TRIES], streams[:, n * _TRIES:2 * n * _TRIES]
-    scale = params.scale[0] + (params.scale[1] - params.scale[0]) * area.reshape(m, n, _TRIES)
-    ratio = log_ratio[0] + (log_ratio[1] - log_ratio[0]) * ratio.reshape(m, n, _TRIES)
-    offsets = streams[:, 2 * n * _TRIES:2 * n * _TRIES + 2 * n].reshape(m, n, 2)
-    flips = streams[:, 2 * n * _TRIES + 2 * n:].reshape(m, n, 1)
-    return np.concatenate([scale, ratio, offsets, flips], axis=2)
-
-
-def _boxes_from_draws(sizes: np.ndarray, params: CropParams, draws: np.ndarray):
-    """Images' sizes ``[m, 2]`` (H, W) and their draws ``[m, n, 2·tries + 3]`` → (pixel boxes int64
-    ``[m, n, 4]``, flips bool ``[m, n]``): RandomResizedCrop's rule, elementwise, for any number of images."""
-    height, width = (np.asarray(sizes, dtype=np.int64)[:, i, None, None] for i in (0, 1))  # [m, 1, 1]
-    target_area = (height * width) * draws[..., :_TRIES]
-    aspect = np.exp(draws[..., _TRIES:2 * _TRIES])
-    w = np.round(np.sqrt(target_area * aspect)).astype(np.int64)
-    h = np.round(np.sqrt(target_area / aspect)).astype(np.int64)
-    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = valid.argmax(axis=2)[..., None]
-    h, w, found = (np.take_along_axis(a, first, axis=2)[..., 0] for a in (h, w, valid))
-    height, width = height[..., 0], width[..., 0]  # [m, 1]
-    fallback_h, fallback_w = _central_fallback(height, width, params.ratio)
-    h, w = np.where(found, h, fallback_h), np.where(found, w, fallback_w)
-    offsets = draws[..., 2 * _TRIES:2 * _TRIES + 2]
+def _boxes_from_streams(sizes: np.ndarray, num_crops: int, params: CropParams, streams: np.ndarray):
+    """Images' sizes ``[m, 2]`` (H, W) and their streams of uniform doubles ``[m, n·(2·tries + 3)]`` → (pixel
+    boxes int64 ``[m, n, 4]``, flips bool ``[m, n]``): RandomResizedCrop's rule, elementwise, for any number of
+    images. Each stream is read as calls of ``uniform(low, high, size)`` in turn would read it (numpy computes
+    ``low + (high − low)·u``): n×tries target-area scales, n×tries log aspect ratios, n×2 offsets, n flip draws."""
+    m, n, tries = len(streams), num_crops, _TRIES
+    height, width = (np.asarray(sizes, dtype=np.int64)[:, k, None] for k in (0, 1))  # [m, 1]
+    scale = params.scale[0] + (params.scale[1] - params.scale[0]) * streams[:, :n * tries].reshape(m, n, tries)
+    log_low, log_high = np.log(params.ratio)
+    log_ratio = log_low + (log_high - log_low) * streams[:, n * tries:2 * n * tries].reshape(m, n, tries)
+    offsets = streams[:, 2 * n * tries:2 * n * tries + 2 * n].reshape(m, n, 2)
+    flip_draws = streams[:, 2 * n * tries + 2 * n:]
+    target_area = (height * width)[..., None] * scale
+    aspect = np.exp(log_ratio)
+    w = np.round(np.sqrt(target_area * aspect)).astype(np.int64).reshape(-1, tries)
+    h = np.round(np.sqrt(target_area / aspect)).astype(np.int64).reshape(-1, tries)
+    rows_h, rows_w = np.repeat(height, n, axis=1).reshape(-1, 1), np.repeat(width, n, axis=1).reshape(-1, 1)
+    valid = (w > 0) & (w <= rows_w) & (h > 0) & (h <= rows_h)
+    first = (np.arange(m * n), valid.argmax(axis=1))  # the first try that fits, per crop
+    found = valid[first].reshape(m, n)
+    # the central-crop fallback (h, w); ratios below the range and above it cannot both hold
+    in_ratio = width / np.maximum(height, 1)
+    low, high = min(params.ratio), max(params.ratio)
+    fallback_h = np.where(in_ratio < low, np.round(width / low), height).astype(np.int64)
+    fallback_w = np.where(in_ratio > high, np.round(height * high), width).astype(np.int64)
+    h = np.where(found, h[first].reshape(m, n), fallback_h)
+    w = np.where(found, w[first].reshape(m, n), fallback_w)
     i = np.where(found, np.floor(offsets[..., 0] * (height - h + 1)), (height - h) // 2).astype(np.int64)
     j = np.where(found, np.floor(offsets[..., 1] * (width - w + 1)), (width - w) // 2).astype(np.int64)
-    flips = draws[..., -1] < params.flip_p
-    return np.stack([i, j, h, w], axis=-1), flips
-
-
-def _central_fallback(height, width, ratio):
-    """RandomResizedCrop's fallback box (h, w) for images of ``(height, width)`` (scalars or arrays)."""
-    height, width = np.asarray(height, dtype=np.int64), np.asarray(width, dtype=np.int64)
-    in_ratio = width / np.maximum(height, 1)
-    low, high = min(ratio), max(ratio)
-    h = np.where(in_ratio < low, np.round(width / low), np.where(in_ratio > high, height, height))
-    w = np.where(in_ratio < low, width, np.where(in_ratio > high, np.round(height * high), width))
-    return h.astype(np.int64), w.astype(np.int64)
+    return np.stack([i, j, h, w], axis=-1), flip_draws < params.flip_p
 
 
 def sample_crops(height: int, width: int, num_crops: int, params: CropParams, seed: int, image_index: int):
@@ -131,20 +115,31 @@ def sample_crops(height: int, width: int, num_crops: int, params: CropParams, se
     return normalise_boxes(boxes, height, width), flips
 
 
+def sample_boxes_many(sizes, num_crops: int, params: CropParams, rngs):
+    """:func:`sample_crop_boxes` for many images at once, image k drawing from ``rngs[k]`` (the same boxes as one
+    call per image) → (pixel boxes int64 ``[m, n, 4]``, flips bool ``[m, n]``)."""
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+    streams = np.zeros((len(sizes), num_crops * _DRAWS_PER_CROP))
+    for row, rng in enumerate(rngs):
+        streams[row] = rng.random(streams.shape[1])
+    return _boxes_from_streams(sizes, num_crops, params, streams)
+
+
+def normalise_many(boxes: np.ndarray, sizes) -> np.ndarray:
+    """:func:`normalise_boxes` for many images: pixel boxes ``[m, n, 4]``, sizes ``[m, 2]`` → float32 coords."""
+    sizes = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
+    return (np.asarray(boxes, dtype=np.float64) / np.concatenate([sizes, sizes], axis=1)[:, None, :]).astype(np.float32)
+
+
 def sample_crops_many(sizes, num_crops: int, params: CropParams, seed: int, indices):
     """The crops of many images at once → (coords float32 ``[m, n, 4]``, flips bool ``[m, n]``), equal to
     :func:`sample_crops` image by image (the same draws and the same elementwise arithmetic). An image of size
     (0, 0) (one without labels) gets zero coordinates and no flips."""
     sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
-    streams = np.zeros((len(sizes), num_crops * (2 * _TRIES + 3)))
     real = (sizes > 0).all(axis=1)
-    for row in np.flatnonzero(real):
-        streams[row] = crop_rng(seed, int(indices[row])).random(streams.shape[1])
-    draws = _draws_from_streams(streams, num_crops, params)
     safe = np.where(real[:, None], sizes, 1)
-    boxes, flips = _boxes_from_draws(safe, params, draws)
-    scale = np.concatenate([safe, safe], axis=1).astype(np.float64)[:, None, :]
-    coords = (boxes.astype(np.float64) / scale).astype(np.float32)
+    boxes, flips = sample_boxes_many(safe, num_crops, params, [crop_rng(seed, index) for index in indices])
+    coords = normalise_many(boxes, safe)
     coords[~real], flips[~real] = 0, False
     return coords, flips
 

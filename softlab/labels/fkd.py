@@ -207,11 +207,10 @@ def _match_images(files: dict, dataset, class_names, classes_file: Path | None =
 def import_workers(workers, num_files: int) -> int:
     """Processes that read FKD files for an import: ``"auto"`` means one per CPU core, up to 8, for imports of more
     than 1,000 files (the safe unpickler costs about 1 ms per file), else none."""
-    if isinstance(workers, str) and workers == "auto":
+    from .generate import check_workers
+
+    if check_workers(workers, "read the files") == "auto":
         return min(8, os.cpu_count() or 1) if num_files > 1000 else 0
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers must be a whole number >= 0 (processes that read the files; 0 reads them in this "
-                         f"process) or \"auto\", got {workers!r}")
     return workers
 
 

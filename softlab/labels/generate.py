@@ -239,13 +239,20 @@ def compile_backend(compile) -> str | None:
                      f"such as \"inductor\", got {compile!r}")
 
 
+def check_workers(workers, work: str):
+    """``workers`` itself when it is "auto" or a whole number >= 0; else a ValueError saying what they do."""
+    if isinstance(workers, str) and workers == "auto":
+        return workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be a whole number >= 0 (processes that {work}; 0 does it in this process) "
+                         f"or \"auto\", got {workers!r}")
+    return workers
+
+
 def decode_workers(workers, device: torch.device) -> int:
     """Worker processes that decode images ahead of the teacher: ``"auto"`` means none on the CPU (they would
     take cores from the teacher), and on CUDA up to 8, leaving a core per process on the node."""
-    if not (isinstance(workers, str) and workers == "auto"):
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-            raise ValueError(f"workers must be a whole number >= 0 (processes that decode images; 0 decodes them in "
-                             f"this process) or \"auto\", got {workers!r}")
+    if check_workers(workers, "decode images") != "auto":
         return workers
     if device.type != "cuda":
         return 0
@@ -254,13 +261,10 @@ def decode_workers(workers, device: torch.device) -> int:
 
 
 def _chunk_rows(dataset, teacher, store: LabelStore, start: int, stop: int, batcher: _CropBatcher,
-                device: torch.device, progress, on_bad_image: str = "fail", images=None) -> tuple[dict, list[dict]]:
+                device: torch.device, progress, on_bad_image: str, images) -> tuple[dict, list[dict]]:
     """One chunk's rows, and the images skipped in it (``on_bad_image="skip"``; "fail" raises instead).
 
-    ``images`` yields the chunk's ``(index, image or BadImageError, target)`` (:func:`decoded_images`); None
-    decodes them here."""
-    if images is None:
-        images = decoded_images(dataset, list(range(start, stop)), workers=0)
+    ``images`` yields the chunk's ``(index, image or BadImageError, target)`` (:func:`decoded_images`)."""
     params = CropParams.from_dict(store.manifest["crops"])
     seed, num_crops = store.manifest["crops"]["seed"], store.num_crops
     size = tuple(teacher.input_size[1:])
@@ -276,9 +280,9 @@ def _chunk_rows(dataset, teacher, store: LabelStore, start: int, stop: int, batc
 
     def cut_group() -> None:
         if group:
-            images = torch.stack([image for image, _, _ in group])
-            boxes = np.stack([pixel_boxes(c, *images.shape[-2:]) for _, c, _ in group])
-            batcher.add(cut_crops_batched(images, boxes, np.stack([f for _, _, f in group]), size,
+            stacked = torch.stack([image for image, _, _ in group])
+            boxes = np.stack([pixel_boxes(c, *stacked.shape[-2:]) for _, c, _ in group])
+            batcher.add(cut_crops_batched(stacked, boxes, np.stack([f for _, _, f in group]), size,
                                           params.interpolation))
             group.clear()
 

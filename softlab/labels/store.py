@@ -639,9 +639,10 @@ class RecomputedCrops:
         todo = [int(chunk) for chunk in chunks if not self.ready[chunk]]
         if not todo:
             return
-        finished = self.store.finished_chunks()
+        # a complete store has every chunk (open checks its markers); a partial one is listed once per call
+        finished = None if self.store.manifest.get("complete") else self.store.finished_chunks()
         for chunk in todo:
-            if chunk in finished:
+            if finished is None or chunk in finished:
                 self._recompute(chunk)
 
     def _recompute(self, chunk: int) -> None:

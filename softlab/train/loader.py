@@ -17,7 +17,7 @@ import torch
 
 # the cutters live with the crops; re-exported here, where training's batches use them
 from ..data.crops import (CropParams, crop_theta, cut_batch, cut_crops, cut_crops_grid, normalise_boxes,  # noqa: F401
-                          pixel_boxes, sample_crop_boxes)
+                          normalise_many, pixel_boxes, sample_boxes_many, sample_crop_boxes)
 
 _ORDER, _CROPS = 11, 13  # stream tags mixed into the seeds
 
@@ -51,9 +51,14 @@ class RandomCrops:
         self.params, self.num_crops, self.seed = params or CropParams(), int(num_crops), int(seed)
 
     def draw(self, epoch: int, image: int, height: int, width: int):
-        rng = np.random.default_rng([self.seed, _CROPS, epoch, image])
-        boxes, flips = sample_crop_boxes(height, width, self.num_crops, self.params, rng)
-        return normalise_boxes(boxes, height, width), flips, np.full(self.num_crops, -1)
+        coords, flips, crops = self.draw_many(epoch, [image], [(height, width)])
+        return coords[0], flips[0], crops[0]
+
+    def draw_many(self, epoch: int, images, sizes):
+        """:meth:`draw` for the images of a step at once → (coords ``[m, n, 4]``, flips ``[m, n]``, crops)."""
+        rngs = [np.random.default_rng([self.seed, _CROPS, epoch, int(image)]) for image in images]
+        boxes, flips = sample_boxes_many(sizes, self.num_crops, self.params, rngs)
+        return normalise_many(boxes, sizes), flips, np.full((len(rngs), self.num_crops), -1)
 
     @property
     def interpolation(self) -> str:
@@ -95,6 +100,11 @@ class StoredCrops:
         chosen = rng.choice(kept, size=self.num_crops, replace=len(kept) < self.num_crops)
         coords, flips = self.store.crops(image)
         return coords[chosen], flips[chosen], chosen
+
+    def draw_many(self, epoch: int, images, sizes):
+        """:meth:`draw` for the images of a step → lists of their coords, flips and crop indices."""
+        drawn = [self.draw(epoch, int(image), *size) for image, size in zip(images, sizes)]
+        return tuple(list(part) for part in zip(*drawn)) if drawn else ([], [], [])
 
     def soft_labels(self, image_index: np.ndarray, crop_index: np.ndarray) -> torch.Tensor:
         return self.labels.labels(image_index, crop_index)
@@ -159,14 +169,8 @@ class MultiCropLoader:
             start, stop = self.share_bounds(len(chosen), *share)
             offset, total = start * self.source.num_crops, len(chosen) * self.source.num_crops
             chosen = chosen[start:stop]
-        images, coords, flips, crops = [], [], [], []
-        for index in chosen:
-            image = self.dataset[int(index)][0].as_subclass(torch.Tensor)
-            c, f, k = self.source.draw(epoch, int(index), *image.shape[-2:])
-            images.append(image)
-            coords.append(c)
-            flips.append(f)
-            crops.append(k)
+        images = [self.dataset[int(index)][0].as_subclass(torch.Tensor) for index in chosen]
+        coords, flips, crops = self.source.draw_many(epoch, chosen, [image.shape[-2:] for image in images])
         if self.device.type != "cpu":
             images = self._to_device(images)
         pixels = cut_batch(images, coords, flips, self.size, self.source.interpolation)
