@@ -32,8 +32,10 @@ def test_real_teacher_store_is_complete_and_consistent(photo_store):
     assert manifest["teacher"]["spec"] == "efficientnet_lite0" and manifest["teacher"]["input_size"] == [3, 224, 224]
     generation = manifest["generation"]
     assert generation["crops"] == 36 and generation["device"] == "cpu"
-    # the rate is the crop count over the measured time, rounded to 0.1 (the time itself may be anything)
-    assert generation["crops_per_s"] == pytest.approx(36 / generation["seconds"], rel=1e-3, abs=0.051)
+    # the rate is the crop count over the measured time, rounded to 0.1, and the time is recorded rounded to
+    # 1 ms: the rate recomputed from the recorded time may differ by 0.05 plus 36 · 0.0005 / seconds²
+    seconds = generation["seconds"]
+    assert abs(generation["crops_per_s"] - 36 / seconds) <= 0.05 + 36 * 0.0005 / (seconds - 0.0005) ** 2 + 1e-9
     assert photo_store.num_classes == 1000 and photo_store.topk_idx.shape == (3, 12, 5)
     labels = photo_store.labels(np.repeat(np.arange(3), 12), np.tile(np.arange(12), 3))
     torch.testing.assert_close(labels.sum(1), torch.ones(36), atol=2e-3, rtol=0)
@@ -50,8 +52,9 @@ def test_stored_labels_equal_a_direct_teacher_pass(photo_store):
     # coords were stored as fp16; the boxes they round to are the sampled ones, so the crops are identical.
     # The store ran these 12 crops within a 24-crop batch, this pass as a 12-crop batch: the fp32 results differ
     # by rounding that grows through the network's many layers (~1e-5 relative on the probabilities here;
-    # other kernels, thread counts or instruction sets give other noise), hence rtol 5e-4.
-    np.testing.assert_allclose(photo_store.y_s[1], probs[:, target].numpy(), rtol=5e-4, atol=1e-6)
+    # other kernels, thread counts or instruction sets give other noise), hence rtol 5e-4, plus half a float16
+    # step (2^-11 relative) for the y_s the compact store keeps in float16.
+    np.testing.assert_allclose(photo_store.y_s[1], probs[:, target].numpy(), rtol=5e-4 + 2.0 ** -11, atol=1e-6)
     # argmax only where the top two probabilities lie clearly further apart than that noise
     predicted, clear = clear_argmax(probs, 1e-3)
     assert clear.sum() >= 10, f"only {int(clear.sum())} of 12 crops have a clear top class"

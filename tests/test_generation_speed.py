@@ -157,7 +157,8 @@ def test_each_cutter_is_recorded_and_gives_the_same_labels(tmp_path):
     auto = generate_labels(NoiseImages(), LinearTeacher(), tmp_path / "auto", **SETTINGS)
     assert exact.manifest["crops"]["cutter"] == "exact" and auto.manifest["crops"]["cutter"] == "auto"
     np.testing.assert_array_equal(exact.coords, auto.coords)
-    np.testing.assert_allclose(exact.y_s, auto.y_s, rtol=1e-4, atol=1e-6)
+    # float32 labels ~1e-6 apart may round to neighbouring float16 values in the compact store: one step, 2^-10
+    np.testing.assert_allclose(exact.y_s, auto.y_s, rtol=1e-4 + 2.0 ** -10, atol=1e-6)
     assert (exact.topk_idx[..., 0] == auto.topk_idx[..., 0]).mean() > 0.99
     with pytest.raises(StoreError, match="crops"):
         generate_labels(NoiseImages(), LinearTeacher(), tmp_path / "exact", cutter="auto", overwrite=False,
