@@ -4,14 +4,14 @@
     python benchmarks/bench_store.py --teacher fashion_mnist_cnn --data fashion-mnist --images 2000 --crops 32
 
 Generates one store of each layout with the same settings (``compact``, the default: crop regions recomputed
-from the seed, float16 y_s/entropy, uint8 class indices up to 256 classes; ``plain``: regions stored, float32
-y_s/entropy), and exports the compact store as FKD files in float16 (FKD's ``--use_fp16``, its published label
+from the seed, float16 y_s/entropy, one-byte class indices: uint8 up to 256 classes, per-image palette codes above;
+``plain``: regions stored, float32 y_s/entropy, int16 class indices), and exports the compact store as FKD files in float16 (FKD's ``--use_fp16``, its published label
 zoo) and float32. Prints bytes per crop of each, counting every file in the folder (manifest, image ids and chunk
 markers included), and the fixed per-crop bytes of the arrays alone, which is what a large store tends to.
 
 Then reads ``--reads`` random (image, crop) pairs as training does, each with its box, flip and dense soft label:
-softlab from a freshly opened store (so the compact store pays for recomputing the regions of every chunk it
-touches), in batches of ``--batch`` pairs and one pair per call; FKD as its data loader does, one ``torch.load``
+softlab from a freshly opened store (so the compact store pays for recomputing the regions, and reading the class
+palettes, of every chunk it touches), in batches of ``--batch`` pairs and one pair per call; FKD as its data loader does, one ``torch.load``
 of the image's file per pair, then the dense label of that crop. Alternated over ``--repeats``; prints medians and
 the ratios. As a what-if for compressed chunks, also prints the bytes per crop of the compact arrays compressed
 chunk by chunk with zlib, and what decompressing one chunk costs (a random read would pay it).
@@ -40,9 +40,16 @@ def folder_bytes(folder: Path, pattern: str = "*") -> int:
     return sum(path.stat().st_size for path in folder.rglob(pattern) if path.is_file())
 
 
+def palette_arrays(store: LabelStore) -> list[np.ndarray]:
+    """The chunks' class palettes of a store over more than 256 classes (none otherwise)."""
+    return [np.load(path, allow_pickle=False) for path in sorted((store.path / "palettes").glob("*.npy"))]
+
+
 def array_bytes_per_crop(store: LabelStore) -> float:
-    """Bytes of the arrays' data per crop, without file headers: a large store's size per crop."""
+    """Bytes of the arrays' data per crop (class palettes included), without file headers: a large store's size
+    per crop."""
     data = sum(array.dtype.itemsize * array.size for array in store.arrays.values())
+    data += sum(array.nbytes for array in palette_arrays(store))
     return data / (store.num_images * store.num_crops)
 
 
@@ -80,6 +87,8 @@ def zlib_what_if(store: LabelStore) -> tuple[float, float]:
         start, stop = store.chunk_bounds(chunk)
         blobs = [zlib.compress(np.ascontiguousarray(array[start:stop]).tobytes(), 6)
                  for name, array in store.arrays.items() if name != "targets"]
+        if (store.path / "palettes").is_dir():
+            blobs.append(zlib.compress(np.load(store.path / "palettes" / f"{chunk:06d}.npy").tobytes(), 6))
         total += sum(len(blob) for blob in blobs)
         began = time.perf_counter()
         for blob in blobs:

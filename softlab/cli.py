@@ -266,9 +266,13 @@ def _print_verify_report(report: dict) -> None:
           f"{report['label_type']}")
     print(f"  files      {len(report['arrays'])} arrays ({', '.join(report['arrays'])}) and image_ids.json match "
           "the manifest")
-    if report.get("recomputed"):
-        print(f"  regions    {' and '.join(report['recomputed'])} recomputed from the seed and image sizes "
+    regions = [name for name in report.get("recomputed") or [] if name != "topk_idx"]
+    if regions:
+        print(f"  regions    {' and '.join(regions)} recomputed from the seed and image sizes "
               f"({report['layout']} layout), matching each finished chunk's sha256")
+    if "topk_idx" in (report.get("recomputed") or []):
+        print("  classes    topk_idx decoded from per-image palettes (topk_code.npy, palettes/), matching each "
+              "finished chunk's sha256")
     print(f"  values     {report['crops_checked']} crops of {report['images_checked']} finished images in range")
     print(f"  markers    {report['chunks_finished']}/{report['chunks']} chunk markers present, "
           f"{report['chunk_digests_checked']} chunks' rows match their sha256")

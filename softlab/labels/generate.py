@@ -138,7 +138,8 @@ def open_or_create(out, manifest: dict, dataset: ImageDataset, overwrite: bool) 
         entries = sorted(p.name for p in out.iterdir())
         # LabelStore.create writes manifest.json last: these files without it are a store whose creation was killed
         known = {"chunks", "image_ids.json", "manifest.json.tmp", "coords.npy", "flip.npy", "topk_idx.npy",
-                 "topk_prob.npy", "y_s.npy", "entropy.npy", "targets.npy", "image_size.npy"}
+                 "topk_prob.npy", "y_s.npy", "entropy.npy", "targets.npy", "image_size.npy",
+                 "topk_code.npy", "palettes"}
         store_files = [name for name in entries if name in known]
         if store_files:
             raise StoreError(f"{out} exists and is not a label store; choose an empty or new folder, or rerun with "

@@ -4,7 +4,9 @@ Layout of ``<store>/`` (``"compact"``, what ``softlab labels generate`` writes):
 
     manifest.json        data set fingerprint, teacher, crop parameters, seed, label type, k, T, checksums
     image_size.npy       int32   [N, 2]      each image's (height, width) when its crops were sampled
-    topk_idx.npy         uint8/int16/int32 [N, n, k]   (absent for label type "full"; uint8 up to 256 classes)
+    topk_idx.npy         uint8 [N, n, k]     class indices, up to 256 classes (absent for label type "full")
+    topk_code.npy        uint8 [N, n, k]     instead, above 256 classes: codes into each image's class palette
+    palettes/<c>.npy     int16               chunk c's palettes: each image's distinct classes (:mod:`.palette`)
     topk_prob.npy        float16 [N, n, k]   raw teacher probabilities of the kept classes ([N, n, C] for "full")
     y_s.npy              float16 [N, n]      teacher probability of the ground-truth class (NaN: no label)
     entropy.npy          float16 [N, n]      entropy (nats) of the teacher distribution
@@ -17,7 +19,9 @@ A generated store's crop regions are a pure function of (seed, image index, imag
 (:func:`~softlab.data.crops.sample_crops`), so the compact layout does not store them: ``store.coords``
 (float16 ``[N, n, 4]``, FKD's normalised (i/H, j/W, h/H, w/W)) and ``store.flip`` (bool ``[N, n]``) are
 recomputed chunk by chunk on first use, and each chunk's are checked against the sha256 its marker recorded when
-the labels were generated. The ``"plain"`` layout (``--layout plain``; imported FKD labels; stores of format
+the labels were generated. Above 256 classes, ``store.topk_idx`` (int16) is decoded from the codes and palettes
+the same way, chunk by chunk, and checked against the sha256 of the class indices in the chunk's marker: one byte
+per class index instead of two, as one image's crops keep few distinct classes. The ``"plain"`` layout (``--layout plain``; imported FKD labels; stores of format
 version 1) keeps them as ``coords.npy`` and ``flip.npy``, with ``y_s`` and ``entropy`` in float32 and class
 indices in int16/int32.
 
@@ -47,12 +51,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .palette import MAX_CLASSES, decode_codes, encode_chunk, palette_rows
 from .quantize import dense_labels, parse_label_type
 
 FORMAT = "softlab-labels"
-FORMAT_VERSION = 2  # 2: the compact layout; plain stores are still written as version 1
+# 2: the compact layout; 3: its class palettes (more than 256 classes); plain stores are still version 1
+FORMAT_VERSION = 3
 PER_CROP_ARRAYS = ("coords", "flip", "topk_idx", "topk_prob", "y_s", "entropy")
-CHUNK_ARRAYS = PER_CROP_ARRAYS + ("image_size",)  # written chunk by chunk, their rows' sha256 in the markers
+# written chunk by chunk, their rows' sha256 in the markers
+CHUNK_ARRAYS = PER_CROP_ARRAYS + ("image_size", "topk_code")
 DERIVED_ARRAYS = ("coords", "flip")  # recomputed, not stored, in the compact layout
 LAYOUTS = ("compact", "plain")
 VERIFY_LEVELS = ("auto", "full", "cheap", "none")
@@ -78,8 +85,10 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def array_specs(num_images: int, num_crops: int, num_classes: int, label_type, layout: str = "plain") -> dict:
-    """name → (dtype, shape) of every array file of a store."""
+def array_specs(num_images: int, num_crops: int, num_classes: int, label_type, layout: str = "plain",
+                palette: bool = False) -> dict:
+    """name → (dtype, shape) of every array file of a store (``palette``: class indices as per-image palette
+    codes, ``topk_code.npy``, see :func:`uses_palette`)."""
     label_type = parse_label_type(label_type)
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -97,9 +106,23 @@ def array_specs(num_images: int, num_crops: int, num_classes: int, label_type, l
     if compact:
         del specs["coords"], specs["flip"]
         specs["image_size"] = ("int32", (num_images, 2))
-    if label_type.kind != "full":
+    if palette:
+        specs["topk_code"] = ("uint8", (num_images, num_crops, k))
+    elif label_type.kind != "full":
         specs["topk_idx"] = (index_dtype(num_classes, compact), (num_images, num_crops, k))
     return specs
+
+
+def uses_palette(num_classes: int, label_type, layout: str) -> bool:
+    """Whether a new store keeps its class indices as per-image palette codes (:mod:`.palette`): the compact
+    layout's top-k labels over more than 256 classes (up to 256, a class index is one byte anyway)."""
+    return (layout == "compact" and parse_label_type(label_type).kind != "full"
+            and 256 < num_classes <= MAX_CLASSES)
+
+
+def manifest_palette(manifest: dict) -> bool:
+    arrays = manifest.get("arrays")
+    return isinstance(arrays, dict) and "topk_code" in arrays
 
 
 def index_dtype(num_classes: int, compact: bool) -> str:
@@ -127,8 +150,11 @@ class LabelStore:
         self.arrays = {name: _map_array(self.path, name, spec, mode, manifest)
                        for name, spec in manifest["arrays"].items()}
         self.image_ids = _read_image_ids(self.path, manifest)
-        # the compact layout's crop regions, recomputed on first use (see the module docstring)
+        # the compact layout's crop regions, recomputed on first use, and class indices decoded from palette codes
+        # (see the module docstring)
         self.derived = RecomputedCrops(self).arrays() if self.layout == "compact" else {}
+        if "topk_code" in self.arrays:
+            self.derived["topk_idx"] = PaletteIndices(self).array()
 
     # ----- creation and writing
     @classmethod
@@ -137,14 +163,18 @@ class LabelStore:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         (path / "chunks").mkdir(exist_ok=True)
+        if uses_palette(manifest["label"]["num_classes"], manifest["label"]["type"], store_layout(manifest)):
+            (path / "palettes").mkdir(exist_ok=True)
         dataset, label = manifest["dataset"], manifest["label"]
         layout = store_layout(manifest)
+        palette = uses_palette(label["num_classes"], label["type"], layout)
         specs = array_specs(dataset["num_images"], manifest["crops"]["num_crops"], label["num_classes"], label["type"],
-                            layout)
+                            layout, palette)
         if layout == "compact" and manifest["crops"].get("seed") is None:
             raise ValueError("the compact layout recomputes crop regions from their seed: a store without one "
                              "(imported labels) needs layout \"plain\"")
-        manifest = {**manifest, "format": FORMAT, "format_version": 2 if layout == "compact" else 1,
+        version = (3 if palette else 2) if layout == "compact" else 1
+        manifest = {**manifest, "format": FORMAT, "format_version": version,
                     "complete": False,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "arrays": {name: {"dtype": dtype, "shape": list(shape)} for name, (dtype, shape) in specs.items()}}
@@ -168,6 +198,9 @@ class LabelStore:
 
     def _marker(self, chunk: int) -> Path:
         return self.path / "chunks" / f"{chunk:06d}.json"
+
+    def _palette_file(self, chunk: int) -> Path:
+        return self.path / "palettes" / f"{chunk:06d}.npy"
 
     def finished_chunks(self) -> set[int]:
         """Chunks whose marker exists (files in ``chunks/`` that name no chunk of this store are ignored)."""
@@ -194,9 +227,15 @@ class LabelStore:
         ``marker_extra`` besides its own: a generator records the chunk's skipped images there).
 
         The compact layout writes no ``coords`` or ``flip``: their rows' sha256 goes into the marker, for the
-        check of the regions that readers recompute."""
+        check of the regions that readers recompute. A store with class palettes writes ``topk_idx`` as codes
+        (``topk_code.npy``) and the chunk's palettes (``palettes/<chunk>.npy``), and the marker keeps the sha256 of
+        the class indices themselves too, which decoding checks."""
         start, stop = self.chunk_bounds(chunk)
         digests = {}
+        if "topk_code" in self.arrays:
+            codes, palettes = encode_chunk(np.asarray(rows["topk_idx"]))
+            rows = {**rows, "topk_code": codes}
+            _save_npy_atomic(self._palette_file(chunk), palettes)
         for name in CHUNK_ARRAYS:
             if name in self.arrays:
                 target = self.arrays[name]
@@ -565,6 +604,11 @@ class LabelStore:
     def __len__(self) -> int:
         return self.num_images
 
+    @property
+    def has_indices(self) -> bool:
+        """Whether the labels keep class indices (``topk_idx``): all label types but ``full``."""
+        return "topk_idx" in self.arrays or "topk_idx" in self.derived
+
     def crops(self, image: int) -> tuple[np.ndarray, np.ndarray]:
         """One image's (coords float32 ``[n, 4]``, flips bool ``[n]``)."""
         return np.asarray(self.coords[image], dtype=np.float32), np.asarray(self.flip[image])
@@ -573,7 +617,7 @@ class LabelStore:
         """Stored (indices, values) for pairs of (image, crop) indices (broadcast together)."""
         image_idx, crop_idx = np.broadcast_arrays(np.asarray(image_idx), np.asarray(crop_idx))
         values = torch.from_numpy(np.asarray(self.topk_prob[image_idx.ravel(), crop_idx.ravel()], dtype=np.float32))
-        if "topk_idx" not in self.arrays:
+        if not self.has_indices:
             return None, values
         indices = torch.from_numpy(np.asarray(self.topk_idx[image_idx.ravel(), crop_idx.ravel()], dtype=np.int64))
         return indices, values
@@ -605,14 +649,48 @@ class LabelStore:
             "teacher": self.manifest["teacher"].get("spec"),
             "seed": self.manifest["crops"]["seed"],
             "complete": bool(self.manifest.get("complete")),
-            "bytes_on_disk": sum(p.stat().st_size for p in self.path.glob("*.npy")),
+            "bytes_on_disk": sum(p.stat().st_size for pattern in ("*.npy", "palettes/*.npy")
+                                 for p in self.path.glob(pattern)),
             "y_s_mean": float(labelled.mean()) if labelled.size else float("nan"),
             "y_s_quartiles": np.quantile(labelled, [0.25, 0.5, 0.75]).round(4).tolist() if labelled.size else [],
             "entropy_mean": float(np.asarray(self.entropy, dtype=np.float64)[used].mean()) if used.any() else float("nan"),
         }
 
 
-class RecomputedCrops:
+class _ChunkSource:
+    """Arrays that a store derives chunk by chunk, on first use: :meth:`ensure` derives (and checks) the finished
+    chunks not derived yet, :meth:`_derive` does one."""
+
+    def __init__(self, store: "LabelStore"):
+        self.store = store
+        self.ready = np.zeros(store.num_chunks, dtype=bool)
+
+    def ensure(self, chunks) -> None:
+        """Derive (and check) the given chunks' rows, those of finished chunks not done yet."""
+        todo = [int(chunk) for chunk in chunks if not self.ready[chunk]]
+        if not todo:
+            return
+        # a complete store has every chunk (open checks its markers); a partial one is listed once per call
+        finished = None if self.store.manifest.get("complete") else self.store.finished_chunks()
+        for chunk in todo:
+            if finished is None or chunk in finished:
+                self._derive(chunk)
+                self.ready[chunk] = True
+
+    def _derive(self, chunk: int) -> None:
+        raise NotImplementedError
+
+    def _recorded_sha256(self, chunk: int) -> dict:
+        marker = self.store._marker(chunk)
+        try:
+            recorded = json.loads(marker.read_text()).get("sha256")
+        except (OSError, ValueError, AttributeError):
+            raise _damaged(self.store.path, [f"chunks/{marker.name} is unreadable (truncated or not valid JSON)"],
+                           self.store.manifest) from None
+        return recorded if isinstance(recorded, dict) else {}
+
+
+class RecomputedCrops(_ChunkSource):
     """A compact store's crop regions: recomputed from (seed, image index, image size) a chunk at a time, on first
     use, and checked against the sha256 of the rows the generator had (its chunk marker) before anything reads them.
 
@@ -623,66 +701,101 @@ class RecomputedCrops:
     def __init__(self, store: "LabelStore"):
         from ..data.crops import CropParams  # the data layer imports torchvision: only compact stores need it
 
-        self.store = store
+        super().__init__(store)
         self.params = CropParams.from_dict(store.manifest["crops"])
         self.seed = store.manifest["crops"]["seed"]
         shape = (store.num_images, store.num_crops)
         # np.zeros maps untouched pages lazily: memory grows only with the chunks actually recomputed
         self.data = {"coords": np.zeros((*shape, 4), dtype=np.float16), "flip": np.zeros(shape, dtype=bool)}
-        self.ready = np.zeros(store.num_chunks, dtype=bool)
 
     def arrays(self) -> dict:
         return {name: RecomputedArray(self, name) for name in DERIVED_ARRAYS}
 
-    def ensure(self, chunks) -> None:
-        """Recompute (and check) the given chunks' regions, those of finished chunks not done yet."""
-        todo = [int(chunk) for chunk in chunks if not self.ready[chunk]]
-        if not todo:
-            return
-        # a complete store has every chunk (open checks its markers); a partial one is listed once per call
-        finished = None if self.store.manifest.get("complete") else self.store.finished_chunks()
-        for chunk in todo:
-            if finished is None or chunk in finished:
-                self._recompute(chunk)
-
-    def _recompute(self, chunk: int) -> None:
+    def _derive(self, chunk: int) -> None:
         from ..data.crops import sample_crops_many
 
         start, stop = self.store.chunk_bounds(chunk)
         sizes = np.asarray(self.store.arrays["image_size"][start:stop])
         coords, flips = sample_crops_many(sizes, self.store.num_crops, self.params, self.seed, range(start, stop))
         rows = {"coords": coords.astype(np.float16), "flip": flips}
-        marker = self.store._marker(chunk)
-        try:
-            recorded = json.loads(marker.read_text()).get("sha256") or {}
-        except (OSError, ValueError, AttributeError):
-            raise _damaged(self.store.path, [f"chunks/{marker.name} is unreadable (truncated or not valid JSON)"],
-                           self.store.manifest) from None
+        recorded = self._recorded_sha256(chunk)
         differ = [name for name, data in rows.items()
                   if recorded.get(name) != hashlib.sha256(np.ascontiguousarray(data)).hexdigest()]
         if differ:
+            marker = self.store._marker(chunk).name
             raise _damaged(self.store.path, [
                 f"the crop {' and '.join('boxes' if name == 'coords' else 'flips' for name in differ)} recomputed "
                 f"for chunk {chunk} (images {start}-{stop - 1}) from the seed and image_size.npy differ from the "
-                f"sha256 that chunks/{marker.name} recorded when the labels were generated (image_size.npy or the "
+                f"sha256 that chunks/{marker} recorded when the labels were generated (image_size.npy or the "
                 "marker was changed, or this numpy samples the regions differently from the generating one)"],
                 self.store.manifest, hint="To keep regions exactly as generated, store them: --layout plain.")
         for name, data in rows.items():
             self.data[name][start:stop] = data
-        self.ready[chunk] = True
 
 
-class RecomputedArray:
-    """Read-only array view of one of :class:`RecomputedCrops`' arrays (``coords`` or ``flip``): indexing recomputes
-    the chunks of the images it touches, then indexes a numpy array; ``np.asarray`` recomputes them all."""
+class PaletteIndices(_ChunkSource):
+    """A store's class indices kept as per-image palette codes (:mod:`.palette`): each chunk's palettes are read on
+    first use, and the chunk's decoded indices checked against the sha256 its marker recorded before anything
+    reads them. Decoding is a gather, ``palettes[image, code]`` (plus the high bytes of wide images)."""
 
-    def __init__(self, source: RecomputedCrops, name: str):
-        self.source, self.name = source, name
-        self.dtype, self.shape = source.data[name].dtype, source.data[name].shape
+    def __init__(self, store: "LabelStore"):
+        super().__init__(store)
+        self.codes = store.arrays["topk_code"]
+        self.shape = self.codes.shape
+        self.palettes = np.zeros((self.shape[0], 256), dtype=np.int16)  # pages mapped as chunks are read
+        self.high = None  # uint8 [N, n, k] once a chunk with a wide image (> 256 classes) is read
+
+    def array(self) -> "DecodedIndices":
+        return DecodedIndices(self)
+
+    def _derive(self, chunk: int) -> None:
+        start, stop = self.store.chunk_bounds(chunk)
+        file = self.store._palette_file(chunk)
+        where = f"palettes/{file.name}"
+        try:
+            array = np.load(file, allow_pickle=False)
+            rows, highs = palette_rows(array, stop - start, *self.shape[1:])
+        except FileNotFoundError:
+            raise _damaged(self.store.path, [f"{where} is missing (chunk {chunk}, images {start}-{stop - 1})"],
+                           self.store.manifest) from None
+        except Exception as error:  # a damaged .npy raises ValueError, EOFError, OSError… depending on the bytes
+            raise _damaged(self.store.path, [f"{where} cannot be read as chunk {chunk}'s class palettes "
+                                             f"({error})"], self.store.manifest) from None
+        decoded = decode_codes(np.asarray(self.codes[start:stop]), rows, highs)
+        if self._recorded_sha256(chunk).get("topk_idx") != hashlib.sha256(decoded).hexdigest():
+            raise _damaged(self.store.path, [
+                f"the class indices of chunk {chunk} (images {start}-{stop - 1}) decoded from topk_code.npy and "
+                f"{where} differ from the sha256 that chunks/{self.store._marker(chunk).name} recorded when the "
+                "labels were generated"], self.store.manifest)
+        self.palettes[start:stop] = rows
+        if highs:
+            if self.high is None:
+                self.high = np.zeros(self.shape, dtype=np.uint8)  # pages mapped for the wide images only
+            for image, high in highs.items():
+                self.high[start + image] = high
+
+    def decode(self, key) -> np.ndarray:
+        codes = np.asarray(self.codes[key])
+        images = np.broadcast_to(np.arange(self.shape[0]).reshape(-1, 1, 1), self.shape)[key]
+        indices = self.palettes[images, codes]
+        if self.high is not None:
+            indices += self.high[key].astype(np.int16) << 8
+        return indices
+
+
+class _ChunkView:
+    """Read-only array view of a :class:`_ChunkSource`'s array: indexing derives the chunks of the images it
+    touches, then reads; ``np.asarray`` derives them all."""
+
+    def __init__(self, source: _ChunkSource, dtype, shape: tuple):
+        self.source, self.dtype, self.shape = source, np.dtype(dtype), tuple(shape)
         self.ndim = len(self.shape)
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def _read(self, key) -> np.ndarray:
+        raise NotImplementedError
 
     def _images(self, key) -> np.ndarray | range:
         first = key[0] if isinstance(key, tuple) and key else key
@@ -703,7 +816,7 @@ class RecomputedArray:
             chunk = int(key) % self.shape[0] // self.source.store.manifest["chunk_size"]
             if not self.source.ready[chunk]:
                 self.source.ensure([chunk])
-            return self.source.data[self.name][key]
+            return self._read(key)
         images = self._images(key)
         if len(images):
             size = self.source.store.manifest["chunk_size"]
@@ -712,14 +825,47 @@ class RecomputedArray:
             else:
                 chunks = np.unique(np.asarray(images) // size)
             self.source.ensure(chunks)
-        return self.source.data[self.name][key]
+        return self._read(key)
 
     def __array__(self, dtype=None, copy=None):
         self.source.ensure(range(self.source.store.num_chunks))
-        return np.asarray(self.source.data[self.name], dtype=dtype)
+        return np.asarray(self._read(Ellipsis), dtype=dtype)
+
+
+class RecomputedArray(_ChunkView):
+    """``coords`` or ``flip`` of a compact store, recomputed (:class:`RecomputedCrops`)."""
+
+    def __init__(self, source: RecomputedCrops, name: str):
+        super().__init__(source, source.data[name].dtype, source.data[name].shape)
+        self.name = name
+
+    def _read(self, key) -> np.ndarray:
+        return self.source.data[self.name][key]
 
     def __repr__(self) -> str:
         return f"RecomputedArray({self.name}, dtype={self.dtype}, shape={self.shape})"
+
+
+class DecodedIndices(_ChunkView):
+    """``topk_idx`` of a store with class palettes, decoded from ``topk_code`` (:class:`PaletteIndices`)."""
+
+    def __init__(self, source: PaletteIndices):
+        super().__init__(source, np.int16, source.shape)
+
+    def _read(self, key) -> np.ndarray:
+        return self.source.decode(key)
+
+    def __repr__(self) -> str:
+        return f"DecodedIndices(topk_idx, dtype={self.dtype}, shape={self.shape})"
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 def _sha256_rows(array: np.ndarray, rows_per_block: int = 4096) -> str:
@@ -895,8 +1041,12 @@ def _check_manifest(path: Path, manifest: dict) -> None:
             raise _damaged(path, ["manifest.json's crops lack the seed or crop settings that the compact layout "
                                   "recomputes the crop regions from"], manifest)
     try:
+        palette = manifest_palette(manifest)
+        if palette and not uses_palette(manifest["label"]["num_classes"], manifest["label"]["type"], layout):
+            raise _damaged(path, ["manifest.json lists class palette codes (topk_code) for a store whose layout, "
+                                  "label type or class count has none"], manifest)
         specs = array_specs(manifest["dataset"]["num_images"], manifest["crops"]["num_crops"],
-                            manifest["label"]["num_classes"], manifest["label"]["type"], layout)
+                            manifest["label"]["num_classes"], manifest["label"]["type"], layout, palette)
     except (ValueError, TypeError):
         raise _damaged(path, [f"manifest.json has an unknown label type {manifest['label']['type']!r}"],
                        manifest) from None

@@ -37,7 +37,7 @@ def top_classes(store: LabelStore, index: int, crops, count: int = 3) -> tuple[n
     """The ``count`` most probable stored classes of some crops → (class indices ``[m, count]``, probabilities)."""
     crops = np.asarray(crops, dtype=np.int64)
     probs = np.asarray(store.topk_prob[index][crops], dtype=np.float32)
-    if "topk_idx" in store.arrays:
+    if store.has_indices:
         classes = np.asarray(store.topk_idx[index][crops], dtype=np.int64)
     else:
         classes = np.broadcast_to(np.arange(probs.shape[-1]), probs.shape)
@@ -84,7 +84,7 @@ def non_target_mass(store: LabelStore, images=None, keep=None) -> dict:
     """
     images = np.arange(store.num_images) if images is None else np.asarray(images, dtype=np.int64)
     probs = np.asarray(store.topk_prob[images], dtype=np.float64)
-    if "topk_idx" in store.arrays:
+    if store.has_indices:
         classes = np.asarray(store.topk_idx[images], dtype=np.int64)
     else:
         classes = np.broadcast_to(np.arange(probs.shape[-1]), probs.shape)
