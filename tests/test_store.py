@@ -270,3 +270,45 @@ def test_a_compiled_teacher_writes_the_same_store(tmp_path, reference):
     assert reference.manifest["generation"]["compile"] is None
     with pytest.raises(ValueError, match="compile must be True"):
         generate(tmp_path / "other", compile=3)
+
+
+def test_regions_of_a_store_above_the_cache_size_are_recomputed_per_read(reference, plain, monkeypatch):
+    from softlab.labels import store as store_module
+
+    monkeypatch.setattr(store_module, "REGION_CACHE_BYTES", 23 * 5 * 9)  # exactly this store's regions: kept
+    assert LabelStore.open(reference.path).derived["coords"].source.cached
+    monkeypatch.setattr(store_module, "REGION_CACHE_BYTES", 23 * 5 * 9 - 1)  # one byte short of them
+    uncached = LabelStore.open(reference.path)
+    source = uncached.derived["coords"].source
+    assert not source.cached and source.data is None
+    images, crops = np.array([0, 22, 7, 7, -3]), np.array([4, 0, 1, 2, 3])
+    keys = (5, -1, np.int64(3), slice(3, 9), slice(None, None, -4), (images, crops), np.arange(23) % 3 == 0,
+            (Ellipsis, 2), (slice(None), 1, 2), (slice(2, 5), [0, 4]), [[1, 2], [2, 20]], (), (7, slice(1, 3)))
+    for key in keys:
+        np.testing.assert_array_equal(uncached.coords[key], plain.coords[key], err_msg=str(key))
+        flip_key = key if not isinstance(key, tuple) or len(key) < 3 else key[:2]
+        np.testing.assert_array_equal(uncached.flip[flip_key], plain.flip[flip_key], err_msg=str(key))
+    np.testing.assert_array_equal(np.asarray(uncached.coords), np.asarray(plain.coords))
+    coords, flips = uncached.crops(9)
+    np.testing.assert_array_equal(coords, plain.coords[9].astype(np.float32))
+    assert uncached.coords.dtype == np.float16 and uncached.coords.shape == (23, 5, 4)
+    for bad in (23, -24, [0, 23]):
+        with pytest.raises(IndexError):
+            uncached.coords[bad]
+    with pytest.raises(IndexError):
+        uncached.coords[np.ones(5, bool)]
+
+
+def test_the_region_cache_size_comes_from_the_environment(reference, monkeypatch):
+    from softlab.labels.store import region_cache_bytes
+
+    monkeypatch.setenv("SOFTLAB_REGION_CACHE_GB", "0.5")
+    assert region_cache_bytes() == 1 << 29
+    monkeypatch.setenv("SOFTLAB_REGION_CACHE_GB", "0")
+    assert not LabelStore.open(reference.path).derived["coords"].source.cached
+    for bad in ("lots", "-1", "nan", "inf"):
+        monkeypatch.setenv("SOFTLAB_REGION_CACHE_GB", bad)
+        with pytest.raises(ValueError, match=f"SOFTLAB_REGION_CACHE_GB='{bad}': give a number of gigabytes"):
+            region_cache_bytes()
+    monkeypatch.delenv("SOFTLAB_REGION_CACHE_GB")
+    assert region_cache_bytes() == 8 * 2 ** 30

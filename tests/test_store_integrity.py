@@ -319,7 +319,14 @@ def test_labels_verify_command(reference, plain_reference, tmp_path, capsys):
 # ----- the compact layout's recomputed regions
 
 
-def test_recomputed_regions_are_checked_against_the_chunk_markers(reference, tmp_path, monkeypatch, capsys):
+# kept once recomputed, or recomputed on every read (a store larger than REGION_CACHE_BYTES)
+CACHE_SIZES = pytest.mark.parametrize("cache_bytes", [1 << 30, 0], ids=["kept", "per read"])
+
+
+@CACHE_SIZES
+def test_recomputed_regions_are_checked_against_the_chunk_markers(reference, tmp_path, monkeypatch, capsys,
+                                                                   cache_bytes):
+    monkeypatch.setattr(store_module, "REGION_CACHE_BYTES", cache_bytes)
     monkeypatch.setattr(store_module, "_VERIFIED", set())
     store = copy_of(reference, tmp_path)
     edit(store, "image_size", lambda a: a.__setitem__((5, 1), a[5, 1] + 1))  # image 5 (chunk 1), still in range
@@ -349,8 +356,12 @@ def test_recomputed_regions_are_checked_against_the_chunk_markers(reference, tmp
     assert opened.flip[[2, 21]].shape == (2, 5)
 
 
-def test_recomputed_regions_of_unfinished_images_are_zero(partial, reference):
+@CACHE_SIZES
+def test_recomputed_regions_of_unfinished_images_are_zero(partial, reference, monkeypatch, cache_bytes):
+    monkeypatch.setattr(store_module, "REGION_CACHE_BYTES", cache_bytes)
     store = LabelStore.open(partial, allow_partial=True)
+    assert store.derived["coords"].source.cached == (cache_bytes > 0)
+    assert not np.asarray(store.coords[[12, 0, 22]][[0, 2]]).any() and not store.flip[22].any()
     assert not np.asarray(store.coords[12:]).any() and not np.asarray(store.flip[12:]).any()
     np.testing.assert_array_equal(store.coords[:12], LabelStore.open(reference).coords[:12])
     assert (store.coords[:12, :, 2:] > 0).all()  # every finished crop has a height and a width
