@@ -183,3 +183,35 @@ def test_store_without_a_cutter_resumes_as_exact(tmp_path):
     for name in ("coords", "topk_idx", "topk_prob", "y_s"):
         np.testing.assert_array_equal(getattr(store, name), getattr(reference, name))
     assert LabelStore.open(out).manifest["complete"]
+
+
+class _Recorder(torch.nn.Module):
+    """Records each batch it is given; its logits are the crops' first pixel in class 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def forward(self, x):
+        self.batches.append(x)
+        return torch.nn.functional.pad(x[:, :1, 0, 0], (0, 1))
+
+
+def test_crop_batcher_runs_full_batches_in_order_and_copies_a_crop_at_most_once():
+    from softlab.labels.generate import _CropBatcher
+
+    teacher = _Recorder()
+    batcher = _CropBatcher(teacher, batch_size=8, device=torch.device("cpu"), temperature=1.0)
+    images = [torch.arange(start, start + count, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 1, 2, 2).clone()
+              for start, count in ((0, 20), (20, 3), (23, 9), (32, 5))]  # 37 crops, numbered in order
+    for crops in images:
+        batcher.add(crops)
+    probs = batcher.finish()
+    ids = [batch[:, 0, 0, 0].long().tolist() for batch in teacher.batches]
+    assert ids == [list(range(start, min(start + 8, 37))) for start in range(0, 37, 8)]
+    # the batches inside the first image's crops are views of them, not copies
+    first = images[0]
+    assert [batch.data_ptr() for batch in teacher.batches[:2]] == [first.data_ptr(), first[8:].data_ptr()]
+    assert probs.shape == (37, 2)
+    # softmax of (id, 0): class 0 gets 1 / (1 + e^-id)
+    torch.testing.assert_close(probs[:, 0], torch.sigmoid(torch.arange(37, dtype=torch.float32)))

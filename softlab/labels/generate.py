@@ -12,6 +12,7 @@ is byte for byte the one a single process makes.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import operator
@@ -159,11 +160,14 @@ _GROUP_CROPS = 1024  # crops cut at once by cut_crops_batched
 
 
 class _CropBatcher:
-    """Collects crops image by image and runs the teacher on full batches (across crops and images)."""
+    """Collects crops image by image and runs the teacher on full batches (across crops and images).
+
+    A batch is a view of one image's crops where it can be, a concatenation of the pieces it spans otherwise: each
+    crop is copied at most once, whatever the batch size and the crops per image."""
 
     def __init__(self, teacher, batch_size: int, device: torch.device, temperature: float):
         self.teacher, self.batch_size, self.device, self.temperature = teacher, batch_size, device, temperature
-        self.pending: list[torch.Tensor] = []
+        self.pending: collections.deque[torch.Tensor] = collections.deque()
         self.count = 0
         self.outputs: list[torch.Tensor] = []
 
@@ -179,10 +183,21 @@ class _CropBatcher:
         probs, self.outputs = torch.cat(self.outputs), []
         return probs
 
+    def _take(self, size: int) -> torch.Tensor:
+        parts = []
+        while size:
+            head = self.pending[0]
+            if len(head) <= size:
+                parts.append(self.pending.popleft())
+            else:
+                parts.append(head[:size])
+                self.pending[0] = head[size:]
+            size -= len(parts[-1])
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
     def _run(self, size: int) -> None:
-        stacked = torch.cat(self.pending)
-        batch, rest = stacked[:size], stacked[size:]
-        self.pending, self.count = ([rest] if len(rest) else []), len(rest)
+        batch = self._take(size)
+        self.count -= size
         self.outputs.append(teacher_probs(self.teacher, batch, self.device, self.temperature))
 
 
