@@ -36,6 +36,7 @@ from softlab.data.crops import (CropParams, cut_crops, cut_crops_batched, cut_cr
 from softlab.labels import generate_labels  # noqa: E402
 from softlab.labels.autotune import CANDIDATES  # noqa: E402
 from softlab.labels.generate import default_device, teacher_probs  # noqa: E402
+from softlab.runtime import keep_freed_memory  # noqa: E402
 from softlab.teachers import create_teacher  # noqa: E402
 
 
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--compare-cutters", action="store_true")
     args = parser.parse_args()
+    kept = keep_freed_memory()  # as the softlab command does; SOFTLAB_KEEP_FREED_MEMORY=0 measures without
     device = torch.device(args.device) if args.device else default_device()
     dataset = load_dataset(args.data, limit=args.images)
     teacher = create_teacher(args.teacher).to(device).eval()
@@ -110,7 +112,8 @@ def main() -> None:
     regions = regions_of(dataset, args.images, args.crops)
     total = args.images * args.crops
     print(f"{args.teacher} on {args.data}: {args.images} images x {args.crops} crops = {total} crops at {size} px, "
-          f"{device.type}, {torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
+          f"{device.type}, {torch.get_num_threads()} threads, torch {torch.__version__}, freed memory "
+          f"{'kept for reuse' if kept else 'returned (the allocator default)'}", flush=True)
     if args.compare_cutters:
         compare_cutters(dataset, teacher, regions, size, device)
         return

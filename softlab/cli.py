@@ -369,6 +369,12 @@ def print_calibration_table(stats: dict, per_class: bool = False) -> None:
 
 
 def main(argv=None) -> int:
+    """The ``softlab`` command; ``argv`` None means this process is the command (the console script, torchrun),
+    which then keeps freed memory for reuse (:func:`softlab.runtime.keep_freed_memory`)."""
+    if argv is None:
+        from .runtime import keep_freed_memory
+
+        keep_freed_memory()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -14,6 +14,7 @@ from pathlib import Path
 from .data import ImageDataset, load_dataset
 from .data.crops import CropParams
 from .labels import LabelStore, generate_labels
+from .runtime import keep_freed_memory
 
 MODE_VARIABLE = "SOFTLAB_NOTEBOOK_MODE"
 NOTEBOOK_MODES = ("small", "full")
@@ -51,6 +52,10 @@ class Workspace:
     data_limit: int | None = None
     test_spec: str | None = None
     test_limit: int | None = None
+
+    def __post_init__(self):
+        # a notebook's kernel is a softlab session: large tensors reuse freed memory (softlab.runtime)
+        keep_freed_memory()
 
     @property
     def crop_params(self) -> CropParams:
