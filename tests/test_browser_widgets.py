@@ -176,8 +176,14 @@ def test_training_launcher_draws_a_run_and_stops_it(jupyterlab, chromium_page, t
     start.click()
 
     message = launcher.locator(".softlab-message").first
-    text = wait_until(page, lambda: (t := message.inner_text()).startswith("running") and t,
-                      what="the launcher to say it is running")
+    try:
+        text = wait_until(page, lambda: (t := message.inner_text()).startswith("running") and t,
+                          what="the launcher to say it is running")
+    except AssertionError:
+        screenshot(page, tmp_path / "05-page-not-running.png")
+        raise AssertionError(f"the launcher did not say it is running after Start; its message reads "
+                             f"{message.inner_text()!r}, its buttons {launcher.locator('button').all_inner_texts()}"
+                             ) from None
     run = re.match(r"running (\S+) ", text).group(1)
     # The new run's own progress line (its step total differs from the 1-epoch runs before it): from then on the
     # curves show this run only (start() clears them before the first progress update is sent).
