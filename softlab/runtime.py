@@ -15,6 +15,7 @@ import platform
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
 KEEP_FREED_BYTES = 1 << 30
 OPT_OUT = "SOFTLAB_KEEP_FREED_MEMORY"
+_applied = False
 
 
 def keep_freed_memory() -> bool:
@@ -31,4 +32,12 @@ def keep_freed_memory() -> bool:
     if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
+    global _applied
+    _applied = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
+    return _applied
+
+
+def allocator() -> str:
+    """``"kept"`` once :func:`keep_freed_memory` applied in this process, else ``"default"`` (what a measured
+    batch size depends on too)."""
+    return "kept" if _applied else "default"

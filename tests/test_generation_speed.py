@@ -61,6 +61,19 @@ def test_pick_batch_size_caches_its_choice(tmp_path):
     assert other.source == "measured" and len(json.loads(path.read_text())) == 2
 
 
+def test_a_batch_size_measured_with_freed_memory_kept_is_another_choice(tmp_path, monkeypatch):
+    from softlab import runtime
+
+    teacher, path = LinearTeacher(), tmp_path / "batch_size.json"
+    clock = FakeClock(lambda size: 0.01 + size / 1000)
+    monkeypatch.setattr(runtime, "_applied", False)
+    pick_batch_size(teacher, "cpu", max_crops=100, forward=clock.forward, timer=clock, path=path)
+    monkeypatch.setattr(runtime, "_applied", True)
+    kept = pick_batch_size(teacher, "cpu", max_crops=100, forward=clock.forward, timer=clock, path=path)
+    assert kept.source == "measured"
+    assert sorted(json.loads(key)["allocator"] for key in json.loads(path.read_text())) == ["default", "kept"]
+
+
 def test_pick_batch_size_with_fewer_crops_than_any_candidate(tmp_path):
     choice = pick_batch_size(LinearTeacher(), "cpu", max_crops=5, forward=lambda size: None,
                              path=tmp_path / "cache.json")

@@ -62,11 +62,14 @@ def device_name(device: torch.device) -> str:
 
 def cache_key(teacher, device: torch.device, input_size) -> str:
     """What a measured choice depends on: the teacher (spec + weights sha256), the device type and name, the
-    input size, torch's thread count and version."""
+    input size, torch's thread count and version, and whether freed memory is kept (:mod:`softlab.runtime`: a
+    forward without it pays page faults that grow with the batch)."""
+    from ..runtime import allocator
+
     info = teacher.describe() if hasattr(teacher, "describe") else {}
     parts = {"teacher": getattr(teacher, "spec", type(teacher).__name__), "weights": info.get("weights_sha256"),
              "device": device_name(device), "input_size": [int(v) for v in input_size],
-             "threads": torch.get_num_threads(), "torch": torch.__version__}
+             "threads": torch.get_num_threads(), "torch": torch.__version__, "allocator": allocator()}
     return json.dumps(parts, sort_keys=True)
 
 
