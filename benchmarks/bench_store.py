@@ -3,18 +3,20 @@
     python benchmarks/bench_store.py --teacher efficientnet_lite0 --data photos --images 20 --crops 50
     python benchmarks/bench_store.py --teacher fashion_mnist_cnn --data fashion-mnist --images 2000 --crops 32
 
-Generates one store of each layout with the same settings (``compact``, the default: crop regions recomputed
-from the seed, float16 y_s/entropy, one-byte class indices: uint8 up to 256 classes, per-image palette codes above;
-``plain``: regions stored, float32 y_s/entropy, int16 class indices), and exports the compact store as FKD files in float16 (FKD's ``--use_fp16``, its published label
-zoo) and float32. Prints bytes per crop of each, counting every file in the folder (manifest, image ids and chunk
-markers included), and the fixed per-crop bytes of the arrays alone, which is what a large store tends to.
+Generates one store of each layout with the same settings (``compact``, the default: crop regions recomputed from
+the seed, float16 y_s/entropy, one-byte class indices: uint8 up to 256 classes, per-image palette codes above;
+``plain``: regions stored, float32 y_s/entropy, int16 class indices), and exports the compact store as FKD files in
+float16 (FKD's ``--use_fp16``, its published label zoo) and float32. Prints bytes per crop of each, counting every
+file in the folder (manifest, image ids and chunk markers included), and the fixed per-crop bytes of the arrays
+alone, which is what a large store tends to.
 
 Then reads ``--reads`` random (image, crop) pairs as training does, each with its box, flip and dense soft label:
 softlab from a freshly opened store (so the compact store pays for recomputing the regions, and reading the class
-palettes, of every chunk it touches), in batches of ``--batch`` pairs and one pair per call; FKD as its data loader does, one ``torch.load``
-of the image's file per pair, then the dense label of that crop. Alternated over ``--repeats``; prints medians and
-the ratios. As a what-if for compressed chunks, also prints the bytes per crop of the compact arrays compressed
-chunk by chunk with zlib, and what decompressing one chunk costs (a random read would pay it).
+palettes, of every chunk it touches), in batches of ``--batch`` pairs and one pair per call; FKD as its data loader
+does, one ``torch.load`` of the image's file per pair, then the dense label of that crop. Alternated over
+``--repeats``; prints medians and the ratios. As a what-if for compressed chunks, also prints the bytes per crop of
+the compact arrays compressed chunk by chunk with zlib, and what decompressing one chunk costs (a random read would
+pay it).
 """
 from __future__ import annotations
 

@@ -19,11 +19,13 @@ A generated store's crop regions are a pure function of (seed, image index, imag
 (:func:`~softlab.data.crops.sample_crops`), so the compact layout does not store them: ``store.coords``
 (float16 ``[N, n, 4]``, FKD's normalised (i/H, j/W, h/H, w/W)) and ``store.flip`` (bool ``[N, n]``) are
 recomputed chunk by chunk on first use, and each chunk's are checked against the sha256 its marker recorded when
-the labels were generated. Above 256 classes, ``store.topk_idx`` (int16) is decoded from the codes and palettes
-the same way, chunk by chunk, and checked against the sha256 of the class indices in the chunk's marker: one byte
-per class index instead of two, as one image's crops keep few distinct classes. The ``"plain"`` layout (``--layout plain``; imported FKD labels; stores of format
+the labels were generated. The ``"plain"`` layout (``--layout plain``; imported FKD labels; stores of format
 version 1) keeps them as ``coords.npy`` and ``flip.npy``, with ``y_s`` and ``entropy`` in float32 and class
 indices in int16/int32.
+
+Above 256 classes, the compact layout keeps one byte per class index all the same, as one image's crops keep few
+distinct classes: ``store.topk_idx`` (int16) is decoded from the codes and the palettes chunk by chunk, on first
+use, and checked against the sha256 of the class indices in the chunk's marker.
 
 Images that could not be decoded when the labels were generated (``on_bad_image="skip"``) keep their index but
 have no labels: the manifest lists them under ``"skipped"`` (``{index, id, path, reason, detail}``), and their rows
@@ -166,11 +168,11 @@ class LabelStore:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         (path / "chunks").mkdir(exist_ok=True)
-        if uses_palette(manifest["label"]["num_classes"], manifest["label"]["type"], store_layout(manifest)):
-            (path / "palettes").mkdir(exist_ok=True)
         dataset, label = manifest["dataset"], manifest["label"]
         layout = store_layout(manifest)
         palette = uses_palette(label["num_classes"], label["type"], layout)
+        if palette:
+            (path / "palettes").mkdir(exist_ok=True)
         specs = array_specs(dataset["num_images"], manifest["crops"]["num_crops"], label["num_classes"], label["type"],
                             layout, palette)
         if layout == "compact" and manifest["crops"].get("seed") is None:
@@ -724,21 +726,20 @@ class RecomputedCrops(_ChunkSource):
     def arrays(self) -> dict:
         return {name: RecomputedArray(self, name) for name in DERIVED_ARRAYS}
 
-    def _compute(self, images: np.ndarray) -> dict:
+    def _regions(self, sizes: np.ndarray, images) -> dict:
         from ..data.crops import sample_crops_many
 
-        sizes = np.asarray(self.store.arrays["image_size"][images])
-        sizes[~self.ready[images // self.store.manifest["chunk_size"]]] = 0  # unfinished: zeros, as stored
         coords, flips = sample_crops_many(sizes, self.store.num_crops, self.params, self.seed, images)
         return {"coords": coords.astype(np.float16), "flip": flips}
 
-    def _derive(self, chunk: int) -> None:
-        from ..data.crops import sample_crops_many
+    def _compute(self, images: np.ndarray) -> dict:
+        sizes = np.asarray(self.store.arrays["image_size"][images])
+        sizes[~self.ready[images // self.store.manifest["chunk_size"]]] = 0  # unfinished: zeros, as stored
+        return self._regions(sizes, images)
 
+    def _derive(self, chunk: int) -> None:
         start, stop = self.store.chunk_bounds(chunk)
-        sizes = np.asarray(self.store.arrays["image_size"][start:stop])
-        coords, flips = sample_crops_many(sizes, self.store.num_crops, self.params, self.seed, range(start, stop))
-        rows = {"coords": coords.astype(np.float16), "flip": flips}
+        rows = self._regions(np.asarray(self.store.arrays["image_size"][start:stop]), range(start, stop))
         recorded = self._recorded_sha256(chunk)
         differ = [name for name, data in rows.items()
                   if recorded.get(name) != hashlib.sha256(np.ascontiguousarray(data)).hexdigest()]
@@ -819,6 +820,8 @@ class PaletteIndices(_ChunkSource):
         self.codes = store.arrays["topk_code"]
         self.shape = self.codes.shape
         self.palettes = np.zeros((self.shape[0], 256), dtype=np.int16)  # pages mapped as chunks are read
+        # each element's image index, for any key: a broadcast view, no memory of its own
+        self.images = np.broadcast_to(np.arange(self.shape[0]).reshape(-1, 1, 1), self.shape)
         self.high = None  # uint8 [N, n, k] once a chunk with a wide image (> 256 classes) is read
 
     def array(self) -> "DecodedIndices":
@@ -852,8 +855,7 @@ class PaletteIndices(_ChunkSource):
 
     def decode(self, key) -> np.ndarray:
         codes = np.asarray(self.codes[key])
-        images = np.broadcast_to(np.arange(self.shape[0]).reshape(-1, 1, 1), self.shape)[key]
-        indices = self.palettes[images, codes]
+        indices = self.palettes[self.images[key], codes]
         if self.high is not None:
             indices += self.high[key].astype(np.int16) << 8
         return indices
